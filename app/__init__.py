@@ -1,0 +1,60 @@
+"""Flask side: the app factory. ``create_app(service)`` is the only way to build an app."""
+from __future__ import annotations
+
+from flask import Flask
+
+from config.settings import DEFAULT_PORTS, Settings, settings_or_exit
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(service: str, settings: Settings | None = None) -> Flask:
+    if service not in DEFAULT_PORTS:
+        raise ValueError(f"unknown service {service!r}; one of {sorted(DEFAULT_PORTS)}")
+    settings = settings or settings_or_exit()
+
+    from config import logging as logging_config
+
+    logging_config.configure(service=service, level=settings.log_level, fmt=settings.log_format)
+
+    from flask_smorest import Api
+
+    from app import errors, ops
+    from services.users.service import sessions
+
+    app = Flask(f"oms.{service}")
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        API_TITLE=f"oms {service}",
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+    )
+    app.json.sort_keys = False
+    app.extensions["settings"] = settings
+    app.extensions["service"] = service
+    api = Api(app)
+    errors.register(app)  # after Api(): ours replaces flask-smorest's JSON error format
+
+    ready_checks = {"postgres": ops.check_database, "redis": ops.check_redis}
+    if service == "gateway":
+        from app.gateway import proxy
+
+        proxy.init_app(app, settings, ready_checks)
+    else:
+        from app.auth import init_jwt
+
+        init_jwt(app, settings, is_revoked=lambda **kw: sessions().is_revoked(**kw))
+        for blueprint in _blueprints(service):
+            api.register_blueprint(blueprint)
+    ops.register(app, service=service, ready_checks=ready_checks)
+    return app
+
+
+def _blueprints(service: str) -> list:
+    if service == "users":
+        from app.users.views import blp
+
+        return [blp]
+    return []

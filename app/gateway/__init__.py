@@ -1,0 +1,1 @@
+"""The gateway (port 8000): authenticates and routes /api/... to the services."""

@@ -1,0 +1,1 @@
+"""Process configuration: settings from the environment, logging, Celery and gunicorn config."""

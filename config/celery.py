@@ -1,0 +1,40 @@
+"""Celery settings (the worker and beat read them through ``workers.celery_app``)."""
+from __future__ import annotations
+
+import os
+
+from config.settings import Settings
+
+
+def broker_url(redis_url: str) -> str:
+    """kombu spells a Redis unix socket ``redis+socket://``; redis-py spells it ``unix://``."""
+    if redis_url.startswith("unix://"):
+        return "redis+socket://" + redis_url[len("unix://"):]
+    return redis_url
+
+
+def celery_config(settings: Settings) -> dict:
+    url = os.environ.get("CELERY_BROKER_URL") or broker_url(settings.redis_url)
+    visibility_timeout = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600"))
+    return {
+        "broker_url": url,
+        "result_backend": None,  # PostgreSQL is the source of truth, not task results
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        # At-least-once delivery: a task is acked after it ran, and redelivered if
+        # its worker died; consumers are idempotent (inbox) so that is safe.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # Hard limit well below the visibility timeout, so Redis never redelivers a
+        # task that is still running.
+        "task_soft_time_limit": int(os.environ.get("CELERY_TASK_SOFT_TIME_LIMIT", "60")),
+        "task_time_limit": int(os.environ.get("CELERY_TASK_TIME_LIMIT", "90")),
+        "broker_transport_options": {"visibility_timeout": visibility_timeout},
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "task_default_queue": "default",
+    }

@@ -1,0 +1,147 @@
+"""Settings read once from the environment, with development defaults.
+
+Secrets have development defaults only; with ``APP_ENV=production`` a missing
+secret stops the process at start with one line naming the variable.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Mapping
+
+SERVICES = ("users", "orders", "inventory", "notifications")
+SCHEMAS = SERVICES  # one PostgreSQL schema per domain, named after it
+
+DEFAULT_PORTS = {"gateway": 8000, "users": 8001, "orders": 8002, "inventory": 8003, "notifications": 8004}
+
+_DEV_SECRETS = {"JWT_SECRET_KEY": "dev-only-jwt-secret-change-me-0123456789abcdef"}
+_REQUIRED_IN_PRODUCTION = ("DATABASE_URL", "REDIS_URL", "JWT_SECRET_KEY")
+
+
+class ConfigError(SystemExit):
+    """Raised at start when configuration is unusable; its message is the one line printed."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"configuration error: {name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"configuration error: {name} must be a number, got {raw!r}") from None
+
+
+class Secret(str):
+    """A string that never shows itself in repr or logs."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_env: str = "development"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/oms"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    jwt_secret_key: Secret = field(default=Secret(_DEV_SECRETS["JWT_SECRET_KEY"]), repr=False)
+    access_token_ttl: int = 900
+    refresh_token_ttl: int = 1_209_600
+    service_urls: dict = field(default_factory=dict)
+    # Upstreams the gateway checks in /ready: the services this deployment runs.
+    gateway_services: tuple = ("users",)
+    ports: dict = field(default_factory=dict)
+    db_pool_min: int = 1
+    db_pool_max: int = 4
+    db_timeout: float = 5.0
+    db_statement_timeout_ms: int = 10_000
+    db_lock_timeout_ms: int = 3_000
+    upstream_connect_timeout: float = 1.0
+    upstream_read_timeout: float = 10.0
+    rate_limit_default: str = "600/minute"
+    rate_limit_login: str = "10/minute"
+    log_level: str = "INFO"
+    log_format: str = "console"
+    admin_email: str | None = None
+    admin_password: Secret | None = field(default=None, repr=False)
+
+    @property
+    def production(self) -> bool:
+        return self.app_env == "production"
+
+    def redacted(self) -> dict:
+        """Settings safe to log: secrets and URL passwords masked."""
+        from urllib.parse import urlsplit
+
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Secret):
+                value = "***"
+            elif isinstance(value, str) and "://" in value:
+                parts = urlsplit(value)
+                if parts.password:
+                    value = value.replace(f":{parts.password}@", ":***@")
+            out[f.name] = value
+        return out
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    app_env = env.get("APP_ENV", "development")
+    if app_env == "production":
+        for name in _REQUIRED_IN_PRODUCTION:
+            if not env.get(name):
+                raise ConfigError(f"configuration error: {name} must be set when APP_ENV=production")
+    ports = {name: _int(env, f"{name.upper()}_PORT", port) for name, port in DEFAULT_PORTS.items()}
+    service_urls = {
+        name: env.get(f"{name.upper()}_URL") or f"http://127.0.0.1:{ports[name]}"
+        for name in SERVICES
+    }
+    admin_password = env.get("ADMIN_PASSWORD")
+    return Settings(
+        app_env=app_env,
+        database_url=env.get("DATABASE_URL") or Settings.database_url,
+        redis_url=env.get("REDIS_URL") or Settings.redis_url,
+        jwt_secret_key=Secret(env.get("JWT_SECRET_KEY") or _DEV_SECRETS["JWT_SECRET_KEY"]),
+        access_token_ttl=_int(env, "ACCESS_TOKEN_TTL_SECONDS", 900),
+        refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL_SECONDS", 1_209_600),
+        service_urls=service_urls,
+        gateway_services=tuple(
+            s.strip() for s in env.get("GATEWAY_SERVICES", "users").split(",") if s.strip()
+        ),
+        ports=ports,
+        db_pool_min=_int(env, "DB_POOL_MIN", 1),
+        db_pool_max=_int(env, "DB_POOL_MAX", 4),
+        db_timeout=_float(env, "DB_TIMEOUT_SECONDS", 5.0),
+        db_statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 10_000),
+        db_lock_timeout_ms=_int(env, "DB_LOCK_TIMEOUT_MS", 3_000),
+        upstream_connect_timeout=_float(env, "UPSTREAM_CONNECT_TIMEOUT_SECONDS", 1.0),
+        upstream_read_timeout=_float(env, "UPSTREAM_READ_TIMEOUT_SECONDS", 10.0),
+        rate_limit_default=env.get("RATE_LIMIT_DEFAULT", "600/minute"),
+        rate_limit_login=env.get("RATE_LIMIT_LOGIN", "10/minute"),
+        log_level=env.get("LOG_LEVEL", "INFO").upper(),
+        log_format=env.get("LOG_FORMAT", "json" if app_env == "production" else "console"),
+        admin_email=env.get("ADMIN_EMAIL") or None,
+        admin_password=Secret(admin_password) if admin_password else None,
+    )
+
+
+def settings_or_exit(env: Mapping[str, str] | None = None) -> Settings:
+    """Load settings; on a configuration error print its one line to stderr and exit 2."""
+    try:
+        return load_settings(env)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc.code}\n")
+        raise SystemExit(2) from None

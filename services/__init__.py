@@ -1,0 +1,1 @@
+"""Domain logic per domain. Never imports Flask or Celery."""

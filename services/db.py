@@ -1,0 +1,193 @@
+"""One event loop, one pgdbm shared pool and one manager per schema, per OS process.
+
+pgdbm is async and our views and tasks are sync: sync code hands coroutines to the
+loop through anyio's blocking portal. Every call has a deadline, and every way the
+bridge can fail (pool exhausted, database down, bridge closed) surfaces as
+``Unavailable`` so the HTTP layer answers 503 instead of hanging or 500ing.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from contextlib import ExitStack
+from typing import Any, Awaitable, Callable, TypeVar
+
+import anyio
+import asyncpg
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from pgdbm import AsyncDatabaseManager, DatabaseConfig
+from pgdbm.errors import ConnectionError as PgdbmConnectionError
+from pgdbm.errors import PoolError, QueryError
+
+from services.errors import Unavailable
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Failures that mean "the database cannot serve us right now", not "your query is wrong".
+_OUTAGE_ERRORS = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections
+    asyncpg.exceptions.LockNotAvailableError,  # lock_timeout
+    asyncpg.exceptions.QueryCanceledError,  # statement_timeout
+    PgdbmConnectionError,
+    PoolError,
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` (or what pgdbm wrapped in it) means the database cannot serve now."""
+    if isinstance(exc, _OUTAGE_ERRORS):
+        return True
+    if isinstance(exc, asyncpg.exceptions.InterfaceError) and "closed" in str(exc):
+        return True  # "pool is closed", "connection is closed"
+    cause = exc.__cause__
+    return isinstance(exc, QueryError) and cause is not None and is_outage(cause)
+
+
+class Database:
+    """The per-process loop, pool and schema managers. Create after fork; close after serving."""
+
+    def __init__(
+        self,
+        *,
+        dsn: str,
+        schemas: tuple[str, ...],
+        min_size: int,
+        max_size: int,
+        timeout: float,
+        application_name: str,
+        statement_timeout_ms: int = 10_000,
+        lock_timeout_ms: int = 3_000,
+    ):
+        self.dsn = dsn
+        self.schemas = schemas
+        self.min_size = min_size
+        self.max_size = max_size
+        self.timeout = timeout
+        self.application_name = application_name
+        self.statement_timeout_ms = statement_timeout_ms
+        self.lock_timeout_ms = lock_timeout_ms
+        self.pid = os.getpid()
+        self.pool: asyncpg.Pool | None = None
+        self.managers: dict[str, AsyncDatabaseManager] = {}
+        self._portal: BlockingPortal | None = None
+        self._stack = ExitStack()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> "Database":
+        with self._lock:
+            if self._portal is not None:
+                return self
+            self._portal = self._stack.enter_context(start_blocking_portal(backend="asyncio"))
+            try:
+                self.pool = self._portal.call(self._with_deadline, self._create_pool, self.timeout)
+            except BaseException as exc:
+                self._stack.close()
+                self._stack = ExitStack()
+                self._portal = None
+                if isinstance(exc, TimeoutError) or is_outage(exc):
+                    raise Unavailable("database is unavailable") from None
+                raise
+            self.managers = {s: AsyncDatabaseManager(pool=self.pool, schema=s) for s in self.schemas}
+            logger.info(
+                "database pool started",
+                extra={"pool_min": self.min_size, "pool_max": self.max_size, "pid": self.pid},
+            )
+            return self
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        config = DatabaseConfig(
+            connection_string=self.dsn,
+            min_connections=self.min_size,
+            max_connections=self.max_size,
+            # The deadline of each bridged call bounds commands; this is a backstop.
+            command_timeout=max(self.timeout * 2, 10.0),
+            statement_timeout_ms=self.statement_timeout_ms,
+            lock_timeout_ms=self.lock_timeout_ms,
+            idle_in_transaction_session_timeout_ms=30_000,
+            server_settings={"application_name": self.application_name},
+            retry_attempts=1,
+        )
+        return await AsyncDatabaseManager.create_shared_pool(config)
+
+    def close(self) -> None:
+        """Close the pool, then stop the loop. Call only once the process stopped serving."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            portal, self._portal = self._portal, None
+            if portal is None:
+                return
+            try:
+                if self.pool is not None and os.getpid() == self.pid:
+                    portal.call(self._close_pool)
+            except Exception:  # the process is exiting: log and carry on stopping the loop
+                logger.warning("database pool did not close cleanly", exc_info=True)
+            finally:
+                self._stack.close()
+                logger.info("database pool closed", extra={"pid": self.pid})
+
+    async def _close_pool(self) -> None:
+        with anyio.move_on_after(self.timeout):
+            await self.pool.close()
+            return
+        self.pool.terminate()
+
+    @property
+    def running(self) -> bool:
+        return self._portal is not None and not self._closed
+
+    # -- the bridge ------------------------------------------------------------
+    def manager(self, schema: str) -> AsyncDatabaseManager:
+        return self.managers[schema]
+
+    def run(
+        self, fn: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> T:
+        """Run ``await fn(*args, **kwargs)`` on this process's loop and return its result.
+
+        Raises ``Unavailable`` if the bridge is closed, the deadline passes (pool
+        exhausted, lock waits, a slow database) or the database cannot be reached.
+        """
+        if os.getpid() != self.pid:
+            # asyncio objects do not survive fork(): a child must build its own.
+            raise RuntimeError("Database used in a forked child; build one per process")
+        portal = self._portal
+        if portal is None or self._closed:
+            raise Unavailable("database bridge is closed")
+        deadline = self.timeout if timeout is None else timeout
+        try:
+            return portal.call(self._with_deadline, functools.partial(fn, *args, **kwargs), deadline)
+        except TimeoutError:
+            logger.warning("database call timed out", extra={"timeout": deadline})
+            raise Unavailable("database did not answer in time") from None
+        except RuntimeError as exc:
+            # anyio raises RuntimeError("This portal is not running") once the loop stopped.
+            if "portal" in str(exc).lower():
+                raise Unavailable("database bridge is closed") from None
+            raise
+        except Exception as exc:
+            if is_outage(exc):
+                logger.warning("database unavailable: %s", type(exc).__name__)
+                raise Unavailable("database is unavailable") from None
+            raise
+
+    @staticmethod
+    async def _with_deadline(call, deadline):
+        with anyio.fail_after(deadline):
+            return await call()
+
+    async def _pool_stats(self) -> dict:
+        pool = self.pool
+        return {"size": pool.get_size(), "idle": pool.get_idle_size(), "max": pool.get_max_size()}
+
+    def pool_stats(self) -> dict:
+        return self.run(self._pool_stats, timeout=1.0)

@@ -1,0 +1,96 @@
+"""The one wiring point of a process: settings, the database bridge and Redis.
+
+Gunicorn's ``post_worker_init`` and Celery's ``worker_process_init`` call
+``start()``; ``get()`` starts it lazily otherwise (CLI, tests). A PID check makes a
+forked child build its own instead of touching its parent's loop and pool.
+``stop()`` runs only once the process has stopped serving (gunicorn
+``worker_exit``, Celery ``worker_process_shutdown``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import redis
+
+from config.settings import SCHEMAS, Settings, load_settings
+from services.db import Database
+
+logger = logging.getLogger(__name__)
+
+# The shared, non-domain tables (service registry, ...) live in schema public.
+SHARED_SCHEMA = "public"
+
+
+@dataclass
+class Runtime:
+    name: str
+    settings: Settings
+    db: Database
+    redis: redis.Redis
+    pid: int
+
+    def close(self) -> None:
+        self.db.close()
+        self.redis.close()
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def build(settings: Settings, *, name: str) -> Runtime:
+    db = Database(
+        dsn=settings.database_url,
+        schemas=SCHEMAS + (SHARED_SCHEMA,),
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        timeout=settings.db_timeout,
+        application_name=f"oms-{name}",
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+        lock_timeout_ms=settings.db_lock_timeout_ms,
+    )
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=2.0,
+        socket_connect_timeout=1.0,
+        health_check_interval=30,
+        decode_responses=True,
+    )
+    return Runtime(name=name, settings=settings, db=db, redis=client, pid=os.getpid())
+
+
+def start(settings: Settings | None = None, *, name: str | None = None) -> Runtime:
+    """Build and start this process's runtime (idempotent within one process)."""
+    global _runtime
+    with _lock:
+        if _runtime is not None and _runtime.pid == os.getpid():
+            return _runtime
+        # A runtime inherited through fork belongs to the parent: drop it untouched.
+        settings = settings or load_settings()
+        runtime = build(settings, name=name or os.environ.get("SERVICE_NAME", "cli"))
+        runtime.db.start()
+        _runtime = runtime
+        return runtime
+
+
+def get() -> Runtime:
+    runtime = _runtime
+    if runtime is not None and runtime.pid == os.getpid():
+        return runtime
+    return start()
+
+
+def stop() -> None:
+    global _runtime
+    with _lock:
+        runtime, _runtime = _runtime, None
+    if runtime is not None and runtime.pid == os.getpid():
+        runtime.close()
+
+
+def db():
+    """The process's database bridge."""
+    return get().db

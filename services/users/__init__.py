@@ -1,0 +1,1 @@
+"""Users domain: accounts, credentials, login sessions."""

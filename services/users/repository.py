@@ -1,0 +1,73 @@
+"""SQL of the users schema, through its pgdbm manager (tables as {{tables.x}})."""
+from __future__ import annotations
+
+import json
+import uuid
+
+import asyncpg
+from pgdbm import AsyncDatabaseManager
+
+from services.users import events
+from services.users.errors import EmailTaken
+
+_USER_COLUMNS = "id, email, name, role, phone, created_at, updated_at"
+
+
+async def insert_user(
+    db: AsyncDatabaseManager, *, email: str, name: str, password_hash: str, role: str, phone: str | None
+) -> dict:
+    """Insert the user and its user.registered event in one transaction."""
+    try:
+        async with db.transaction() as tx:
+            user = await tx.fetch_one(
+                "INSERT INTO {{tables.users}} (email, name, password_hash, role, phone) "
+                "VALUES ($1, $2, $3, $4, $5) RETURNING " + _USER_COLUMNS,
+                email, name, password_hash, role, phone,
+            )
+            await tx.execute(
+                "INSERT INTO {{tables.outbox}} (event_type, aggregate_id, payload) VALUES ($1, $2, $3)",
+                events.USER_REGISTERED, user["id"], json.dumps(events.user_registered(user)),
+            )
+            return user
+    except asyncpg.UniqueViolationError:
+        raise EmailTaken("a user with this email already exists") from None
+
+
+async def get_credentials(db: AsyncDatabaseManager, *, email: str) -> dict | None:
+    return await db.fetch_one(
+        "SELECT id, role, password_hash FROM {{tables.users}} WHERE lower(email) = lower($1)", email
+    )
+
+
+async def get_user(db: AsyncDatabaseManager, *, user_id: uuid.UUID) -> dict | None:
+    return await db.fetch_one(
+        "SELECT " + _USER_COLUMNS + " FROM {{tables.users}} WHERE id = $1", user_id
+    )
+
+
+async def update_user(db: AsyncDatabaseManager, *, user_id: uuid.UUID, changes: dict) -> dict | None:
+    # Column names come from a fixed allowlist, never from the request.
+    allowed = [c for c in ("name", "phone", "password_hash", "role") if c in changes]
+    if not allowed:
+        return await get_user(db, user_id=user_id)
+    sets = ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(allowed))
+    return await db.fetch_one(
+        "UPDATE {{tables.users}} SET " + sets + ", updated_at = now() WHERE id = $1 RETURNING "
+        + _USER_COLUMNS,
+        user_id, *[changes[c] for c in allowed],
+    )
+
+
+async def upsert_admin(db: AsyncDatabaseManager, *, email: str, name: str, password_hash: str) -> dict:
+    """Create the admin, or make the existing account of that email an admin with that password."""
+    async with db.transaction() as tx:
+        user = await tx.fetch_one(
+            "UPDATE {{tables.users}} SET role = 'admin', password_hash = $2, updated_at = now() "
+            "WHERE lower(email) = lower($1) RETURNING " + _USER_COLUMNS,
+            email, password_hash,
+        )
+        if user is not None:
+            return user
+    return await insert_user(
+        db, email=email, name=name, password_hash=password_hash, role="admin", phone=None
+    )

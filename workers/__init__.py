@@ -1,0 +1,1 @@
+"""Celery side: the app, the per-process bootstrap, task modules per domain, beat schedule."""

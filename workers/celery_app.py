@@ -1,0 +1,49 @@
+"""The Celery app (``celery -A workers.celery_app worker``).
+
+Each pool child builds its own loop and pgdbm pool at ``worker_process_init`` and
+closes them at ``worker_process_shutdown``, after its last task finished.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from celery import Celery
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
+
+from config.celery import celery_config
+from config.settings import settings_or_exit
+
+logger = logging.getLogger(__name__)
+
+settings = settings_or_exit()
+app = Celery("oms")
+app.conf.update(celery_config(settings))
+app.conf.beat_schedule = {}
+
+
+@setup_logging.connect
+def _logging(**_):
+    from config import logging as logging_config
+
+    logging_config.configure(
+        service=os.environ.get("SERVICE_NAME", "worker"), level=settings.log_level, fmt=settings.log_format
+    )
+
+
+@worker_process_init.connect
+def _start_runtime(**_):
+    from services import runtime
+    from services.errors import Unavailable
+
+    try:
+        runtime.start(settings, name=os.environ.get("SERVICE_NAME", "worker"))
+    except Unavailable:
+        logger.warning("database unavailable at start; the pool will be opened on demand")
+
+
+@worker_process_shutdown.connect
+def _stop_runtime(**_):
+    from services import runtime
+
+    runtime.stop()
