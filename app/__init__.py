@@ -20,7 +20,7 @@ def create_app(service: str, settings: Settings | None = None) -> Flask:
     from flask_smorest import Api
 
     from app import errors, ops
-    from services.users.service import sessions
+    from services.users.sessions import store as sessions
 
     app = Flask(f"oms.{service}")
     app.config.update(
@@ -37,17 +37,16 @@ def create_app(service: str, settings: Settings | None = None) -> Flask:
     api = Api(app)
     errors.register(app)  # after Api(): ours replaces flask-smorest's JSON error format
 
+    from app.auth import init_jwt
+
+    init_jwt(app, settings, is_revoked=lambda **kw: sessions().is_revoked(**kw))
     ready_checks = {"postgres": ops.check_database, "redis": ops.check_redis}
     if service == "gateway":
         from app.gateway import proxy
 
         proxy.init_app(app, settings, ready_checks)
-    else:
-        from app.auth import init_jwt
-
-        init_jwt(app, settings, is_revoked=lambda **kw: sessions().is_revoked(**kw))
-        for blueprint in _blueprints(service):
-            api.register_blueprint(blueprint)
+    for blueprint in _blueprints(service):
+        api.register_blueprint(blueprint)
     ops.register(app, service=service, ready_checks=ready_checks)
     return app
 

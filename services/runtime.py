@@ -68,9 +68,12 @@ def start(settings: Settings | None = None, *, name: str | None = None) -> Runti
     with _lock:
         if _runtime is not None and _runtime.pid == os.getpid():
             return _runtime
-        # A runtime inherited through fork belongs to the parent: drop it untouched.
-        settings = settings or load_settings()
-        runtime = build(settings, name=name or os.environ.get("SERVICE_NAME", "cli"))
+        # A runtime inherited through fork belongs to the parent: leave its loop and
+        # pool untouched and build our own, from the same (plain-data) settings.
+        inherited = _runtime
+        settings = settings or (inherited.settings if inherited else load_settings())
+        name = name or (inherited.name if inherited else os.environ.get("SERVICE_NAME", "cli"))
+        runtime = build(settings, name=name)
         runtime.db.start()
         _runtime = runtime
         return runtime

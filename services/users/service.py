@@ -9,7 +9,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from services import runtime
 from services.users import repository
 from services.users.errors import InvalidCredentials, UserNotFound
-from services.users.sessions import SessionStore
+from services.users import sessions as session_store
 
 SCHEMA = "users"
 _hasher = PasswordHasher()
@@ -21,9 +21,7 @@ def _db():
     return runtime.db().manager(SCHEMA)
 
 
-def sessions() -> SessionStore:
-    rt = runtime.get()
-    return SessionStore(rt.redis, refresh_ttl=rt.settings.refresh_token_ttl)
+sessions = session_store.store
 
 
 def register_user(*, email: str, name: str, password: str, phone: str | None = None) -> dict:

@@ -13,6 +13,7 @@ import uuid
 
 import redis
 
+from services import runtime
 from services.errors import Unavailable
 from services.users.errors import SessionRevoked
 
@@ -57,3 +58,9 @@ class SessionStore:
             return fn(*args, **kwargs)
         except redis.RedisError:
             raise Unavailable("session store is unavailable") from None
+
+
+def store() -> SessionStore:
+    """The session store of this process (its Redis client, its refresh lifetime)."""
+    rt = runtime.get()
+    return SessionStore(rt.redis, refresh_ttl=rt.settings.refresh_token_ttl)

@@ -1,0 +1,209 @@
+"""Test session wiring: real PostgreSQL and Redis, a throwaway database per session.
+
+``TEST_DATABASE_URL`` / ``TEST_REDIS_URL`` name servers to use; without them the
+session starts embedded ones (app/embedded.py) in a temporary folder.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import asyncpg
+import pytest
+import redis
+import urllib3
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+BIN = Path(sys.executable).parent
+
+
+def _with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory):
+    """(postgres server URL, redis URL): given, or embedded ones for this session."""
+    stops = []
+    pg_url = os.environ.get("TEST_DATABASE_URL")
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if not pg_url or not redis_url:
+        from app import embedded
+
+        base = tmp_path_factory.mktemp("servers")
+        if not pg_url:
+            pg = embedded.start_postgres(base / "pgdata", database="postgres")
+            stops.append(pg.stop)
+            pg_url = pg.url
+        if not redis_url:
+            rd = embedded.start_redis(base / "redis", persistent=False)
+            stops.append(rd.stop)
+            redis_url = rd.url
+    try:
+        yield pg_url, redis_url
+    finally:
+        for stop in reversed(stops):
+            stop()
+
+
+def new_database(server_url: str, prefix: str = "oms_test") -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    anyio.run(_admin, server_url, f'CREATE DATABASE "{name}"')
+    return _with_database(server_url, name)
+
+
+def drop_database(server_url: str, url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    anyio.run(_admin, server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database_url(servers):
+    server_url = servers[0]
+    url = new_database(server_url)
+    yield url
+    from services import runtime
+
+    runtime.stop()
+    drop_database(server_url, url)
+
+
+@pytest.fixture(scope="session")
+def redis_url(servers):
+    url = servers[1]
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture(scope="session")
+def base_env(database_url, redis_url):
+    """Environment for child processes and for load_settings() in this one."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        APP_ENV="test",
+        LOG_LEVEL="WARNING",
+        DB_POOL_MIN="1",
+        DB_POOL_MAX="4",
+        PYTHONPATH=str(ROOT),
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def settings(base_env):
+    from config.settings import load_settings
+
+    return load_settings(base_env)
+
+
+@pytest.fixture(scope="session")
+def rt(settings):
+    """This test process's runtime (loop, pool, managers), migrated."""
+    from services import migrations, runtime
+
+    runtime_ = runtime.start(settings, name="tests")
+    runtime_.db.run(migrations.apply_all, runtime_.db, timeout=120)
+    return runtime_
+
+
+@pytest.fixture(scope="session")
+def users_app(rt, settings):
+    from app import create_app
+
+    return create_app("users", settings)
+
+
+@pytest.fixture
+def client(users_app):
+    return users_app.test_client()
+
+
+# -- live processes ---------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    http = urllib3.PoolManager()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if http.request("GET", url, timeout=1.0, retries=False).status == 200:
+                return
+        except urllib3.exceptions.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
+
+
+class Live:
+    """A gunicorn process of ours on a free port."""
+
+    def __init__(self, service: str, env: dict, **extra_env: str):
+        self.service = service
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**env, "SERVICE_NAME": service, "PORT": str(self.port), **extra_env}
+        self.log_path = Path(tempfile.mkstemp(prefix=f"oms-{service}-", suffix=".log")[1])
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [str(BIN / "gunicorn"), "-c", "config/gunicorn.conf.py", f"app.wsgi:{service}"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        try:
+            wait_http(self.url + "/health", proc=self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def live_users(rt, base_env):
+    server = Live("users", base_env, WEB_CONCURRENCY="1", GUNICORN_THREADS="4")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def live_gateway(live_users, base_env):
+    server = Live("gateway", base_env, USERS_URL=live_users.url, WEB_CONCURRENCY="1", GUNICORN_THREADS="4")
+    yield server
+    server.stop()
