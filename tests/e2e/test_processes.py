@@ -1,0 +1,207 @@
+"""The real processes: graceful stop, failure answers, connections, migrations, config."""
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+
+import anyio
+import asyncpg
+import pytest
+import urllib3
+
+from tests.conftest import BIN, PYTHON, ROOT, Live, drop_database, free_port, new_database
+
+
+def _register(base: str, http=None) -> dict:
+    http = http or urllib3.PoolManager()
+    r = http.request(
+        "POST", base + "/api/users",
+        body=json.dumps({"email": f"load-{uuid.uuid4().hex[:10]}@example.com", "name": "L", "password": "long enough"}),
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status == 201, r.data
+    return json.loads(r.data)
+
+
+def test_sigterm_under_load_fails_no_accepted_request(rt, base_env):
+    server = Live("users", base_env, WEB_CONCURRENCY="2", GUNICORN_THREADS="8", DB_POOL_MAX="2")
+    try:
+        token = _register(server.url)["access_token"]
+        statuses: Counter = Counter()
+        refused = Counter()
+        stop = threading.Event()
+
+        def load():
+            http = urllib3.PoolManager(maxsize=1)
+            while not stop.is_set():
+                try:
+                    r = http.request(
+                        "GET", server.url + "/api/users/me",
+                        headers={"Authorization": f"Bearer {token}"}, retries=False, timeout=10,
+                    )
+                    statuses[r.status] += 1
+                except urllib3.exceptions.HTTPError:
+                    refused["connection"] += 1  # not accepted: the listener is closing
+                    time.sleep(0.01)
+
+        threads = [threading.Thread(target=load) for _ in range(16)]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        served_before = sum(statuses.values())
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 0
+        stop.set()
+        for t in threads:
+            t.join(15)
+        assert served_before > 50
+        assert set(statuses) == {200}, (statuses, server.log()[-3000:])
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
+
+
+def test_database_outage_answers_503_not_500(rt, base_env):
+    server = Live(
+        "users", base_env, DATABASE_URL="postgresql://postgres@127.0.0.1:1/nothing",
+        WEB_CONCURRENCY="1", DB_TIMEOUT_SECONDS="1",
+    )
+    try:
+        http = urllib3.PoolManager()
+        r = http.request(
+            "POST", server.url + "/api/users",
+            body=json.dumps({"email": "x@example.com", "name": "X", "password": "long enough"}),
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status == 503 and r.headers["Content-Type"] == "application/problem+json"
+        assert r.headers.get("Retry-After")
+        ready = http.request("GET", server.url + "/ready")
+        assert ready.status == 503 and "postgres" in json.loads(ready.data)["failed"]
+        assert http.request("GET", server.url + "/health").status == 200
+    finally:
+        server.stop()
+
+
+def test_gateway_upstream_down_is_503_and_timeout_is_504(rt, base_env):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections, never answers
+    dead_port = free_port()
+    http = urllib3.PoolManager()
+    body = json.dumps({"email": "a@b.io", "password": "whatever1"})
+    headers = {"Content-Type": "application/json"}
+    down = Live("gateway", base_env, USERS_URL=f"http://127.0.0.1:{dead_port}", WEB_CONCURRENCY="1")
+    try:
+        r = http.request("POST", down.url + "/api/auth/login", body=body, headers=headers)
+        assert r.status == 503 and json.loads(r.data)["status"] == 503
+        assert http.request("GET", down.url + "/ready").status == 503
+    finally:
+        down.stop()
+    slow = Live(
+        "gateway", base_env, USERS_URL=f"http://127.0.0.1:{silent.getsockname()[1]}",
+        UPSTREAM_READ_TIMEOUT_SECONDS="0.5", WEB_CONCURRENCY="1",
+    )
+    try:
+        r = http.request("POST", slow.url + "/api/auth/login", body=body, headers=headers)
+        assert r.status == 504 and r.headers["Content-Type"] == "application/problem+json"
+    finally:
+        slow.stop()
+        silent.close()
+
+
+async def _connections(url: str, app_prefix: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE $1",
+            app_prefix + "%",
+        )
+    finally:
+        await conn.close()
+
+
+def test_idle_processes_hold_exactly_their_pool_minimums(rt, base_env, database_url):
+    users = Live("users", base_env, WEB_CONCURRENCY="2", DB_POOL_MIN="1", DB_POOL_MAX="4")
+    gateway = Live("gateway", base_env, USERS_URL=users.url, WEB_CONCURRENCY="1", DB_POOL_MIN="1")
+    try:
+        time.sleep(1.0)
+        # 2 users workers x 1 + 1 gateway worker x 1
+        assert anyio.run(_connections, database_url, "oms-users") == 2
+        assert anyio.run(_connections, database_url, "oms-gateway") == 1
+    finally:
+        gateway.stop()
+        users.stop()
+
+
+def _migrate(env) -> subprocess.Popen:
+    return subprocess.Popen(
+        [PYTHON, "-m", "app", "migrate"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+
+
+def test_migrations_run_twice_and_concurrently(servers, base_env):
+    server_url = servers[0]
+    url = new_database(server_url, prefix="oms_migrate")
+    try:
+        env = {**base_env, "DATABASE_URL": url}
+        procs = [_migrate(env) for _ in range(3)]
+        outputs = [p.communicate(timeout=120)[0].decode() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], outputs
+        again = _migrate(env)
+        assert again.wait(120) == 0
+
+        async def applied():
+            conn = await asyncpg.connect(url)
+            try:
+                rows = await conn.fetch(
+                    "SELECT table_schema FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+                )
+                counts = {}
+                for row in rows:
+                    schema = row["table_schema"]
+                    counts[schema] = await conn.fetchval(f'SELECT count(*) FROM "{schema}".schema_migrations')
+                return counts
+            finally:
+                await conn.close()
+
+        counts = anyio.run(applied)
+        expected = {
+            schema: len(list((ROOT / "migrations" / folder).glob("*.sql")))
+            for schema, folder in [("public", "shared"), ("users", "users"), ("orders", "orders"),
+                                   ("inventory", "inventory"), ("notifications", "notifications")]
+        }
+        assert counts == expected
+    finally:
+        drop_database(server_url, url)
+
+
+def test_migrate_creates_a_missing_database(servers, base_env):
+    server_url = servers[0]
+    from tests.conftest import _with_database
+
+    url = _with_database(server_url, f"oms_fresh_{uuid.uuid4().hex[:8]}")
+    try:
+        assert _migrate({**base_env, "DATABASE_URL": url}).wait(120) == 0
+    finally:
+        drop_database(server_url, url)
+
+
+@pytest.mark.parametrize("missing", ["JWT_SECRET_KEY", "DATABASE_URL", "REDIS_URL"])
+def test_production_without_a_secret_stops_with_one_line_naming_it(base_env, missing):
+    env = {**base_env, "APP_ENV": "production", "JWT_SECRET_KEY": "s" * 40}
+    env.pop(missing)
+    result = subprocess.run(
+        [str(BIN / "gunicorn"), "-c", "config/gunicorn.conf.py", "--check-config", "app.wsgi:users"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    cli = subprocess.run([PYTHON, "-m", "app", "migrate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert cli.returncode != 0
+    lines = [line for line in cli.stderr.splitlines() if line.strip()]
+    assert lines == [f"configuration error: {missing} must be set when APP_ENV=production"]
+    assert result.returncode != 0 and missing in result.stderr + result.stdout
