@@ -47,6 +47,11 @@ def create_app(service: str, settings: Settings | None = None) -> Flask:
         proxy.init_app(app, settings, ready_checks)
     for blueprint in _blueprints(service):
         api.register_blueprint(blueprint)
+    if service in ("users", "orders", "inventory"):
+        from services import runtime
+        from workers.relay import publish
+
+        runtime.set_publisher(publish)  # committed outbox events go to Celery right away
     ops.register(app, service=service, ready_checks=ready_checks)
     return app
 
@@ -54,6 +59,10 @@ def create_app(service: str, settings: Settings | None = None) -> Flask:
 def _blueprints(service: str) -> list:
     if service == "users":
         from app.users.views import blp
-
-        return [blp]
-    return []
+    elif service == "orders":
+        from app.orders.views import blp
+    elif service == "inventory":
+        from app.inventory.views import blp
+    else:
+        return []
+    return [blp]

@@ -12,7 +12,11 @@ from config.settings import DEFAULT_PORTS
 
 @lru_cache(maxsize=None)
 def _app(name: str):
-    return create_app(name)
+    try:
+        return create_app(name)
+    except AttributeError as exc:
+        # gunicorn would report an AttributeError here as "Failed to find attribute".
+        raise RuntimeError(f"building the {name} app failed: {exc!r}") from exc
 
 
 def __getattr__(name: str):

@@ -33,7 +33,11 @@ def celery_config(settings: Settings) -> dict:
         # task that is still running.
         "task_soft_time_limit": int(os.environ.get("CELERY_TASK_SOFT_TIME_LIMIT", "60")),
         "task_time_limit": int(os.environ.get("CELERY_TASK_TIME_LIMIT", "90")),
-        "broker_transport_options": {"visibility_timeout": visibility_timeout},
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout,
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
+        },
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
         "task_default_queue": "default",

@@ -60,7 +60,7 @@ class Settings:
     refresh_token_ttl: int = 1_209_600
     service_urls: dict = field(default_factory=dict)
     # Upstreams the gateway checks in /ready: the services this deployment runs.
-    gateway_services: tuple = ("users",)
+    gateway_services: tuple = ("users", "orders", "inventory")
     ports: dict = field(default_factory=dict)
     db_pool_min: int = 1
     db_pool_max: int = 4
@@ -69,6 +69,13 @@ class Settings:
     db_lock_timeout_ms: int = 3_000
     upstream_connect_timeout: float = 1.0
     upstream_read_timeout: float = 10.0
+    reservation_ttl_seconds: int = 900
+    fulfilment_delay_seconds: float = 0.0
+    outbox_sweep_seconds: float = 5.0
+    inventory_timeout: float = 2.0
+    inventory_breaker_fail_max: int = 5
+    inventory_breaker_reset: float = 10.0
+    task_max_retries: int = 8
     rate_limit_default: str = "600/minute"
     rate_limit_login: str = "10/minute"
     log_level: str = "INFO"
@@ -119,7 +126,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL_SECONDS", 1_209_600),
         service_urls=service_urls,
         gateway_services=tuple(
-            s.strip() for s in env.get("GATEWAY_SERVICES", "users").split(",") if s.strip()
+            s.strip() for s in env.get("GATEWAY_SERVICES", "users,orders,inventory").split(",") if s.strip()
         ),
         ports=ports,
         db_pool_min=_int(env, "DB_POOL_MIN", 1),
@@ -129,6 +136,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         db_lock_timeout_ms=_int(env, "DB_LOCK_TIMEOUT_MS", 3_000),
         upstream_connect_timeout=_float(env, "UPSTREAM_CONNECT_TIMEOUT_SECONDS", 1.0),
         upstream_read_timeout=_float(env, "UPSTREAM_READ_TIMEOUT_SECONDS", 10.0),
+        reservation_ttl_seconds=_int(env, "RESERVATION_TTL_SECONDS", 900),
+        fulfilment_delay_seconds=_float(env, "FULFILMENT_DELAY_SECONDS", 0.0),
+        outbox_sweep_seconds=_float(env, "OUTBOX_SWEEP_SECONDS", 5.0),
+        inventory_timeout=_float(env, "INVENTORY_TIMEOUT_SECONDS", 2.0),
+        inventory_breaker_fail_max=_int(env, "INVENTORY_BREAKER_FAIL_MAX", 5),
+        inventory_breaker_reset=_float(env, "INVENTORY_BREAKER_RESET_SECONDS", 10.0),
+        task_max_retries=_int(env, "TASK_MAX_RETRIES", 8),
         rate_limit_default=env.get("RATE_LIMIT_DEFAULT", "600/minute"),
         rate_limit_login=env.get("RATE_LIMIT_LOGIN", "10/minute"),
         log_level=env.get("LOG_LEVEL", "INFO").upper(),

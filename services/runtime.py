@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import redis
 
@@ -32,6 +33,11 @@ class Runtime:
     redis: redis.Redis
     pid: int
 
+    def publish(self, schema: str, events: list[dict]) -> None:
+        """Hand committed outbox events to the relay; without one they wait for the sweep."""
+        if events and _publisher is not None:
+            _publisher(schema, events)
+
     def close(self) -> None:
         self.db.close()
         self.redis.close()
@@ -39,6 +45,14 @@ class Runtime:
 
 _runtime: Runtime | None = None
 _lock = threading.Lock()
+# The relay that publishes committed outbox events (workers.relay.publish). The
+# wiring sets it; services call Runtime.publish and never import Celery.
+_publisher: Callable[[str, list[dict]], None] | None = None
+
+
+def set_publisher(publisher: Callable[[str, list[dict]], None] | None) -> None:
+    global _publisher
+    _publisher = publisher
 
 
 def build(settings: Settings, *, name: str) -> Runtime:

@@ -203,7 +203,69 @@ def live_users(rt, base_env):
 
 
 @pytest.fixture(scope="session")
-def live_gateway(live_users, base_env):
-    server = Live("gateway", base_env, USERS_URL=live_users.url, WEB_CONCURRENCY="1", GUNICORN_THREADS="4")
+def live_inventory(rt, base_env):
+    server = Live("inventory", base_env, WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_env(base_env, live_users, live_inventory):
+    """Environment that points every process at the live services."""
+    return {**base_env, "USERS_URL": live_users.url, "INVENTORY_URL": live_inventory.url}
+
+
+@pytest.fixture(scope="session")
+def live_orders(stack_env):
+    server = Live("orders", stack_env, WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def live_gateway(stack_env, live_orders):
+    server = Live("gateway", {**stack_env, "ORDERS_URL": live_orders.url}, WEB_CONCURRENCY="1",
+                  GUNICORN_THREADS="8")
+    yield server
+    server.stop()
+
+
+class Worker:
+    """A real Celery worker process (prefork) on the test broker."""
+
+    def __init__(self, env: dict, *, concurrency: int = 2, beat: bool = False, **extra_env: str):
+        self.log_path = Path(tempfile.mkstemp(prefix="oms-worker-", suffix=".log")[1])
+        command = [str(BIN / "celery"), "-A", "workers.celery_app:app", "worker", "--loglevel=INFO",
+                   f"--concurrency={concurrency}", "-Q", "default,inventory,orders,notifications,outbox",
+                   "--without-gossip", "--without-mingle", "-n", f"test-{uuid.uuid4().hex[:6]}@%h"]
+        if beat:
+            command += ["-B", "-s", str(self.log_path) + ".beat"]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                command, cwd=ROOT, env={**env, "SERVICE_NAME": "worker", **extra_env},
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while "ready." not in self.log():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("worker did not start:\n" + self.log()[-3000:])
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def live_worker(stack_env, live_orders):
+    worker = Worker({**stack_env, "ORDERS_URL": live_orders.url}, beat=True, OUTBOX_SWEEP_SECONDS="1")
+    yield worker
+    worker.stop()

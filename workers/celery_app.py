@@ -17,9 +17,15 @@ from config.settings import settings_or_exit
 logger = logging.getLogger(__name__)
 
 settings = settings_or_exit()
-app = Celery("oms")
+app = Celery("oms", include=["workers.tasks"])
 app.conf.update(celery_config(settings))
-app.conf.beat_schedule = {}
+app.conf.beat_schedule = {
+    "outbox-sweep": {"task": "outbox.sweep", "schedule": settings.outbox_sweep_seconds,
+                     "options": {"queue": "outbox", "expires": settings.outbox_sweep_seconds * 2}},
+    "expire-reservations": {"task": "orders.expire_reservations",
+                            "schedule": max(1.0, min(30.0, settings.reservation_ttl_seconds / 4)),
+                            "options": {"queue": "orders", "expires": 60}},
+}
 
 
 @setup_logging.connect

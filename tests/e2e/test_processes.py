@@ -127,13 +127,16 @@ async def _connections(url: str, app_prefix: str) -> int:
 
 
 def test_idle_processes_hold_exactly_their_pool_minimums(rt, base_env, database_url):
-    users = Live("users", base_env, WEB_CONCURRENCY="2", DB_POOL_MIN="1", DB_POOL_MAX="4")
-    gateway = Live("gateway", base_env, USERS_URL=users.url, WEB_CONCURRENCY="1", DB_POOL_MIN="1")
+    # Own names, so the session's other live processes are not counted.
+    users = Live("users", base_env, SERVICE_NAME="idle-users", WEB_CONCURRENCY="2", DB_POOL_MIN="1",
+                 DB_POOL_MAX="4")
+    gateway = Live("gateway", base_env, SERVICE_NAME="idle-gateway", USERS_URL=users.url,
+                   GATEWAY_SERVICES="users", WEB_CONCURRENCY="1", DB_POOL_MIN="1")
     try:
         time.sleep(1.0)
         # 2 users workers x 1 + 1 gateway worker x 1
-        assert anyio.run(_connections, database_url, "oms-users") == 2
-        assert anyio.run(_connections, database_url, "oms-gateway") == 1
+        assert anyio.run(_connections, database_url, "oms-idle-users") == 2
+        assert anyio.run(_connections, database_url, "oms-idle-gateway") == 1
     finally:
         gateway.stop()
         users.stop()

@@ -1,0 +1,64 @@
+"""Inventory endpoints (port 8003): public catalog reads, admin writes."""
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_jwt_extended import get_jwt
+from flask_smorest import Blueprint
+
+from app.auth import admin_required
+from services.inventory import service
+from services.inventory.schemas import (
+    ProductCreateSchema,
+    ProductPageSchema,
+    ProductPatchSchema,
+    ProductQuerySchema,
+    ProductSchema,
+    StockAdjustSchema,
+)
+
+blp = Blueprint("inventory", __name__, url_prefix="/api/inventory", description="Catalog and stock")
+
+
+def _actor() -> str:
+    return f"user:{get_jwt()['sub']}"
+
+
+@blp.route("/products")
+class Products(MethodView):
+    @blp.arguments(ProductQuerySchema, location="query")
+    @blp.response(200, ProductPageSchema)
+    def get(self, query):
+        """Active products, oldest first, with a cursor for the next page (``ids=`` to pick some)."""
+        return service.list_products(**query)
+
+    @admin_required
+    @blp.arguments(ProductCreateSchema)
+    @blp.response(201, ProductSchema)
+    def post(self, body):
+        """Create a product (admin)."""
+        product = service.create_product(**body, actor=_actor())
+        return product, 201, {"Location": f"/api/inventory/products/{product['id']}"}
+
+
+@blp.route("/products/<uuid:product_id>")
+class Product(MethodView):
+    @blp.response(200, ProductSchema)
+    def get(self, product_id):
+        """One product."""
+        return service.get_product(product_id=product_id)
+
+    @admin_required
+    @blp.arguments(ProductPatchSchema)
+    @blp.response(200, ProductSchema)
+    def patch(self, changes, product_id):
+        """Change a product's name, description, price or active flag (admin)."""
+        return service.update_product(product_id=product_id, changes=changes)
+
+
+@blp.route("/products/<uuid:product_id>/stock", methods=["POST"])
+@admin_required
+@blp.arguments(StockAdjustSchema)
+@blp.response(200, ProductSchema)
+def adjust_stock(body, product_id):
+    """Add or remove on-hand stock (admin); refused if available would go negative."""
+    return service.adjust_stock(product_id=product_id, **body, actor=_actor())

@@ -1,0 +1,65 @@
+"""Orders endpoints (port 8002)."""
+from __future__ import annotations
+
+from flask import request
+from flask.views import MethodView
+from flask_jwt_extended import get_jwt, jwt_required
+from flask_smorest import Blueprint
+
+from app.auth import current_user_id
+from services.errors import ValidationFailed
+from services.orders import service
+from services.orders.schemas import ListQuerySchema, OrderPageSchema, OrderSchema, PlaceOrderSchema
+
+blp = Blueprint("orders", __name__, url_prefix="/api/orders", description="Orders")
+
+
+def _is_admin() -> bool:
+    return get_jwt().get("role") == "admin"
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (1 <= len(key) <= 255 and key.isprintable()):
+        raise ValidationFailed("the Idempotency-Key header is not valid",
+                               errors={"Idempotency-Key": ["Must be 1 to 255 printable characters."]})
+    return key
+
+
+@blp.route("")
+class Orders(MethodView):
+    decorators = [jwt_required()]
+
+    @blp.arguments(PlaceOrderSchema)
+    @blp.response(202, OrderSchema)
+    @blp.alt_response(200, schema=OrderSchema, description="The order an earlier request with this Idempotency-Key placed")
+    def post(self, body):
+        """Place an order; it is reserved and fulfilled asynchronously."""
+        order, created = service.place_order(
+            user_id=current_user_id(), lines=body["items"], idempotency_key=_idempotency_key()
+        )
+        return order, 202 if created else 200, {"Location": f"/api/orders/{order['id']}"}
+
+    @blp.arguments(ListQuerySchema, location="query")
+    @blp.response(200, OrderPageSchema)
+    def get(self, query):
+        """The caller's orders, newest first."""
+        return service.list_orders(user_id=current_user_id(), **query)
+
+
+@blp.route("/<uuid:order_id>")
+class Order(MethodView):
+    decorators = [jwt_required()]
+
+    @blp.response(200, OrderSchema)
+    def get(self, order_id):
+        """One order (its owner or an admin)."""
+        return service.get_order(order_id=order_id, user_id=current_user_id(), is_admin=_is_admin())
+
+
+@blp.route("/<uuid:order_id>/cancel", methods=["POST"])
+@jwt_required()
+@blp.response(200, OrderSchema)
+def cancel(order_id):
+    """Cancel a pending or reserved order; 409 once it is past that."""
+    return service.cancel_order(order_id=order_id, user_id=current_user_id(), is_admin=_is_admin())

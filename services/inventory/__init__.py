@@ -1,0 +1,1 @@
+"""Inventory domain: catalog, stock ledger, reservations."""

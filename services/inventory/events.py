@@ -1,0 +1,7 @@
+"""Events the inventory domain emits, and the reasons it gives."""
+RESERVED = "inventory.reserved"
+REJECTED = "inventory.rejected"
+RELEASED = "inventory.released"
+
+OUT_OF_STOCK = "out_of_stock"
+PRODUCT_UNAVAILABLE = "product_unavailable"

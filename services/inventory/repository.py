@@ -1,0 +1,220 @@
+"""SQL of the inventory schema. Stock changes are conditional updates on locked rows;
+the schema's CHECKs are the last line against a negative ``available``."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import asyncpg
+
+from services import messaging
+from services.inventory import events
+from services.inventory.errors import InsufficientStock, ProductNotFound, SkuTaken
+
+PRODUCT = (
+    "id, sku, name, description, price_cents, currency, active, on_hand, reserved, "
+    "on_hand - reserved AS available, created_at, updated_at"
+)
+
+
+async def create_product(db, *, sku, name, description, price_cents, currency, stock, actor) -> dict:
+    try:
+        async with db.transaction() as tx:
+            product = await tx.fetch_one(
+                "INSERT INTO {{tables.products}} (sku, name, description, price_cents, currency, on_hand) "
+                "VALUES ($1, $2, $3, $4, $5, $6) RETURNING " + PRODUCT,
+                sku, name, description, price_cents, currency, stock,
+            )
+            if stock:
+                await tx.execute(
+                    "INSERT INTO {{tables.stock_movements}} (product_id, delta, reason, actor) VALUES ($1, $2, $3, $4)",
+                    product["id"], stock, "initial stock", actor,
+                )
+            return product
+    except asyncpg.UniqueViolationError:
+        raise SkuTaken("a product with this sku already exists") from None
+
+
+async def get_product(db, *, product_id: uuid.UUID) -> dict | None:
+    return await db.fetch_one("SELECT " + PRODUCT + " FROM {{tables.products}} WHERE id = $1", product_id)
+
+
+async def list_products(db, *, limit: int, after: tuple[datetime, uuid.UUID] | None,
+                        ids: list[uuid.UUID] | None, active_only: bool) -> list[dict]:
+    conditions, args = [], []
+    if after:
+        args += [after[0], after[1]]
+        conditions.append(f"(created_at, id) > (${len(args) - 1}, ${len(args)})")
+    if ids is not None:
+        args.append(ids)
+        conditions.append(f"id = ANY(${len(args)}::uuid[])")
+    if active_only:
+        conditions.append("active")
+    where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+    args.append(limit + 1)
+    return await db.fetch_all(
+        "SELECT " + PRODUCT + " FROM {{tables.products}}" + where
+        + f" ORDER BY created_at, id LIMIT ${len(args)}",
+        *args,
+    )
+
+
+async def update_product(db, *, product_id: uuid.UUID, changes: dict) -> dict | None:
+    allowed = [c for c in ("name", "description", "price_cents", "active") if c in changes]
+    if not allowed:
+        return await get_product(db, product_id=product_id)
+    sets = ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(allowed))
+    return await db.fetch_one(
+        "UPDATE {{tables.products}} SET " + sets + ", updated_at = now() WHERE id = $1 RETURNING " + PRODUCT,
+        product_id, *[changes[c] for c in allowed],
+    )
+
+
+async def adjust_stock(db, *, product_id: uuid.UUID, delta: int, reason: str, actor: str) -> dict:
+    async with db.transaction() as tx:
+        product = await tx.fetch_one(
+            "UPDATE {{tables.products}} SET on_hand = on_hand + $2, updated_at = now() "
+            "WHERE id = $1 AND on_hand + $2 >= reserved RETURNING " + PRODUCT,
+            product_id, delta,
+        )
+        if product is None:
+            exists = await tx.fetch_value("SELECT true FROM {{tables.products}} WHERE id = $1", product_id)
+            if not exists:
+                raise ProductNotFound("no such product")
+            raise InsufficientStock("this change would make available stock negative")
+        await tx.execute(
+            "INSERT INTO {{tables.stock_movements}} (product_id, delta, reason, actor) VALUES ($1, $2, $3, $4)",
+            product_id, delta, reason, actor,
+        )
+        return product
+
+
+# -- reservations (run by workers, one transaction per event) ----------------------
+async def reserve(db, *, event_id: str, order_id: uuid.UUID, lines: list[dict], ttl_seconds: int) -> dict | None:
+    """Hold every line of the order, or none of them. Returns the emitted event (None: nothing to do)."""
+    async with db.transaction() as tx:
+        if not await messaging.first_delivery(tx, event_id=event_id, consumer="inventory.reserve"):
+            return None
+        if await tx.fetch_value("SELECT true FROM {{tables.reservations}} WHERE order_id = $1", order_id):
+            return None  # already reserved, or cancelled before we got here (tombstone)
+        quantities: dict[uuid.UUID, int] = {}
+        for line in lines:
+            pid = uuid.UUID(str(line["product_id"]))
+            quantities[pid] = quantities.get(pid, 0) + int(line["quantity"])
+        product_ids = sorted(quantities)  # one lock order for every order: no deadlocks
+        rows = await tx.fetch_all(
+            "SELECT id, active, on_hand - reserved AS available FROM {{tables.products}} "
+            "WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
+            product_ids,
+        )
+        found = {r["id"]: r for r in rows}
+        reason = None
+        if len(found) != len(product_ids) or not all(r["active"] for r in rows):
+            reason = events.PRODUCT_UNAVAILABLE
+        elif any(found[pid]["available"] < qty for pid, qty in quantities.items()):
+            reason = events.OUT_OF_STOCK
+        if reason:
+            await tx.execute(
+                "INSERT INTO {{tables.reservations}} (order_id, status, reason) VALUES ($1, 'released', $2)",
+                order_id, reason,
+            )
+            return await messaging.add_event(
+                tx, event_type=events.REJECTED, aggregate_id=order_id,
+                payload={"order_id": str(order_id), "reason": reason},
+            )
+        updated = await tx.fetch_value(
+            "WITH wanted AS (SELECT * FROM unnest($1::uuid[], $2::int[]) AS w(product_id, quantity)), "
+            "upd AS (UPDATE {{tables.products}} p SET reserved = p.reserved + w.quantity, updated_at = now() "
+            "        FROM wanted w WHERE p.id = w.product_id AND p.on_hand - p.reserved >= w.quantity "
+            "        RETURNING p.id) "
+            "SELECT count(*) FROM upd",
+            product_ids, [quantities[p] for p in product_ids],
+        )
+        if updated != len(product_ids):  # cannot happen under the row locks; refuse rather than oversell
+            raise InsufficientStock("stock changed under a held lock")
+        expires_at = await tx.fetch_value(
+            "INSERT INTO {{tables.reservations}} (order_id, status, expires_at) "
+            "VALUES ($1, 'held', now() + make_interval(secs => $2)) RETURNING expires_at",
+            order_id, float(ttl_seconds),
+        )
+        await tx.execute(
+            "INSERT INTO {{tables.reservation_lines}} (order_id, product_id, quantity) "
+            "SELECT $1, * FROM unnest($2::uuid[], $3::int[])",
+            order_id, product_ids, [quantities[p] for p in product_ids],
+        )
+        return await messaging.add_event(
+            tx, event_type=events.RESERVED, aggregate_id=order_id,
+            payload={"order_id": str(order_id), "expires_at": expires_at.isoformat()},
+        )
+
+
+async def _held_lines(tx, order_id: uuid.UUID) -> list[dict] | None:
+    status = await tx.fetch_value(
+        "SELECT status FROM {{tables.reservations}} WHERE order_id = $1 FOR UPDATE", order_id
+    )
+    if status != "held":
+        return None
+    return await tx.fetch_all(
+        "SELECT l.product_id, l.quantity FROM {{tables.reservation_lines}} l "
+        "JOIN {{tables.products}} p ON p.id = l.product_id WHERE l.order_id = $1 ORDER BY l.product_id "
+        "FOR UPDATE OF p",
+        order_id,
+    )
+
+
+async def commit(db, *, event_id: str, order_id: uuid.UUID) -> bool:
+    """The order was fulfilled: held stock leaves (on_hand and reserved both go down)."""
+    async with db.transaction() as tx:
+        if not await messaging.first_delivery(tx, event_id=event_id, consumer="inventory.commit"):
+            return False
+        lines = await _held_lines(tx, order_id)
+        if lines is None:
+            return False
+        ids, qtys = [l["product_id"] for l in lines], [l["quantity"] for l in lines]
+        await tx.execute(
+            "UPDATE {{tables.products}} p SET on_hand = p.on_hand - w.q, reserved = p.reserved - w.q, "
+            "updated_at = now() FROM unnest($1::uuid[], $2::int[]) AS w(id, q) WHERE p.id = w.id",
+            ids, qtys,
+        )
+        await tx.execute(
+            "INSERT INTO {{tables.stock_movements}} (product_id, delta, reason, actor, order_id) "
+            "SELECT w.id, -w.q, 'order fulfilled', 'system', $3 FROM unnest($1::uuid[], $2::int[]) AS w(id, q)",
+            ids, qtys, order_id,
+        )
+        await tx.execute(
+            "UPDATE {{tables.reservations}} SET status = 'committed', updated_at = now() WHERE order_id = $1",
+            order_id,
+        )
+        return True
+
+
+async def release(db, *, event_id: str, order_id: uuid.UUID, reason: str) -> dict | None:
+    """The order was cancelled: held stock returns; an order not reserved yet gets a tombstone."""
+    async with db.transaction() as tx:
+        if not await messaging.first_delivery(tx, event_id=event_id, consumer="inventory.release"):
+            return None
+        inserted = await tx.fetch_value(
+            "INSERT INTO {{tables.reservations}} (order_id, status, reason) VALUES ($1, 'released', $2) "
+            "ON CONFLICT (order_id) DO NOTHING RETURNING true",
+            order_id, reason,
+        )
+        if inserted:
+            return None  # nothing was held; a late reserve will find the tombstone
+        lines = await _held_lines(tx, order_id)
+        if lines is None:
+            return None
+        ids, qtys = [l["product_id"] for l in lines], [l["quantity"] for l in lines]
+        await tx.execute(
+            "UPDATE {{tables.products}} p SET reserved = p.reserved - w.q, updated_at = now() "
+            "FROM unnest($1::uuid[], $2::int[]) AS w(id, q) WHERE p.id = w.id",
+            ids, qtys,
+        )
+        await tx.execute(
+            "UPDATE {{tables.reservations}} SET status = 'released', reason = $2, updated_at = now() "
+            "WHERE order_id = $1",
+            order_id, reason,
+        )
+        return await messaging.add_event(
+            tx, event_type=events.RELEASED, aggregate_id=order_id,
+            payload={"order_id": str(order_id), "reason": reason},
+        )

@@ -1,0 +1,1 @@
+"""Orders domain: placement, the order state machine, history."""

@@ -1,0 +1,191 @@
+"""SQL of the orders schema. Transitions are conditional updates (``WHERE status =``);
+a trigger in the schema refuses illegal ones and records history."""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+
+from services import messaging
+from services.orders import events
+from services.orders.errors import IdempotencyKeyReused, NotCancellable, OrderNotFound
+
+ORDER = (
+    "o.id, o.user_id, o.status, o.reason, o.total_cents, o.currency, o.created_at, o.updated_at, "
+    "o.request_hash, "
+    "(SELECT json_agg(json_build_object('product_id', l.product_id, 'quantity', l.quantity, "
+    "  'unit_price_cents', l.unit_price_cents) ORDER BY l.line_no) "
+    " FROM {{tables.order_lines}} l WHERE l.order_id = o.id) AS items, "
+    "(SELECT json_agg(json_build_object('status', h.status, 'reason', h.reason, 'at', h.at) ORDER BY h.seq) "
+    " FROM {{tables.order_history}} h WHERE h.order_id = o.id) AS history"
+)
+
+
+def _hydrate(row: dict | None) -> dict | None:
+    if row is None:
+        return None
+    order = dict(row)
+    order["items"] = json.loads(order["items"] or "[]")
+    order["history"] = [
+        {**h, "at": datetime.fromisoformat(h["at"])} for h in json.loads(order["history"] or "[]")
+    ]
+    return order
+
+
+async def _fetch(conn, order_id: uuid.UUID) -> dict | None:
+    return _hydrate(await conn.fetch_one("SELECT " + ORDER + " FROM {{tables.orders}} o WHERE o.id = $1", order_id))
+
+
+async def find_by_idempotency_key(db, *, user_id: uuid.UUID, key: str) -> dict | None:
+    return _hydrate(await db.fetch_one(
+        "SELECT " + ORDER + " FROM {{tables.orders}} o WHERE o.user_id = $1 AND o.idempotency_key = $2",
+        user_id, key,
+    ))
+
+
+def _same_request(order: dict, request_hash: str) -> dict:
+    if order["request_hash"] != request_hash:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was used with a different body",
+            errors={"Idempotency-Key": ["Already used with a different request body."]},
+        )
+    return order
+
+
+async def insert_order(db, *, user_id: uuid.UUID, lines: list[dict], total_cents: int, currency: str,
+                       idempotency_key: str | None, request_hash: str) -> tuple[dict, dict | None]:
+    """Write the order, its lines and order.placed in one transaction.
+
+    Returns (order, event); event is None when the Idempotency-Key names an
+    existing order (same body), which is returned instead. Concurrent retries of
+    one key meet at the unique constraint: the loser waits for the winner's
+    commit, inserts nothing, and reads the winner's order.
+    """
+    async with db.transaction() as tx:
+        order_id = await tx.fetch_value(
+            "INSERT INTO {{tables.orders}} (user_id, total_cents, currency, idempotency_key, request_hash) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id",
+            user_id, total_cents, currency, idempotency_key, request_hash,
+        )
+        if order_id is None:
+            existing = _hydrate(await tx.fetch_one(
+                "SELECT " + ORDER + " FROM {{tables.orders}} o WHERE o.user_id = $1 AND o.idempotency_key = $2",
+                user_id, idempotency_key,
+            ))
+            return _same_request(existing, request_hash), None
+        await tx.execute(
+            "INSERT INTO {{tables.order_lines}} (order_id, line_no, product_id, quantity, unit_price_cents) "
+            "SELECT $1, n, p, q, c FROM unnest($2::int[], $3::uuid[], $4::int[], $5::bigint[]) AS t(n, p, q, c)",
+            order_id, list(range(1, len(lines) + 1)), [l["product_id"] for l in lines],
+            [l["quantity"] for l in lines], [l["unit_price_cents"] for l in lines],
+        )
+        event = await messaging.add_event(
+            tx, event_type=events.PLACED, aggregate_id=order_id,
+            payload={
+                "order_id": str(order_id), "user_id": str(user_id),
+                "lines": [{"product_id": str(l["product_id"]), "quantity": l["quantity"]} for l in lines],
+            },
+        )
+        return await _fetch(tx, order_id), event
+
+
+async def get_order(db, *, order_id: uuid.UUID) -> dict | None:
+    return await _fetch(db, order_id)
+
+
+async def list_orders(db, *, user_id: uuid.UUID, limit: int, before: tuple | None) -> list[dict]:
+    args: list = [user_id]
+    condition = ""
+    if before:
+        args += [before[0], before[1]]
+        condition = " AND (o.created_at, o.id) < ($2, $3)"
+    args.append(limit + 1)
+    rows = await db.fetch_all(
+        "SELECT " + ORDER + " FROM {{tables.orders}} o WHERE o.user_id = $1" + condition
+        + f" ORDER BY o.created_at DESC, o.id DESC LIMIT ${len(args)}",
+        *args,
+    )
+    return [_hydrate(r) for r in rows]
+
+
+def _summary(order: dict) -> dict:
+    """What consumers of an order event need to know, without reading our tables."""
+    return {
+        "order_id": str(order["id"]), "user_id": str(order["user_id"]), "status": order["status"],
+        "reason": order["reason"], "total_cents": order["total_cents"], "currency": order["currency"],
+        "items": [{**i, "product_id": str(i["product_id"])} for i in order["items"]],
+    }
+
+
+async def _transition(tx, *, order_id: uuid.UUID, to: str, reason: str | None, from_: tuple[str, ...],
+                      event_type: str) -> tuple[dict, dict] | None:
+    changed = await tx.fetch_value(
+        "UPDATE {{tables.orders}} SET status = $2, reason = $3, updated_at = now(), "
+        "reserved_at = CASE WHEN $2 = 'reserved' THEN now() ELSE reserved_at END "
+        "WHERE id = $1 AND status = ANY($4::text[]) RETURNING true",
+        order_id, to, reason, list(from_),
+    )
+    if not changed:
+        return None
+    order = await _fetch(tx, order_id)
+    event = await messaging.add_event(tx, event_type=event_type, aggregate_id=order_id, payload=_summary(order))
+    return order, event
+
+
+async def cancel(db, *, order_id: uuid.UUID, user_id: uuid.UUID, is_admin: bool) -> tuple[dict, dict]:
+    async with db.transaction() as tx:
+        row = await tx.fetch_one(
+            "SELECT user_id, status FROM {{tables.orders}} WHERE id = $1 FOR UPDATE", order_id
+        )
+        if row is None or (row["user_id"] != user_id and not is_admin):
+            raise OrderNotFound("no such order")
+        result = await _transition(
+            tx, order_id=order_id, to="cancelled", reason="customer", from_=("pending", "reserved"),
+            event_type=events.CANCELLED,
+        )
+        if result is None:
+            raise NotCancellable(f"an order that is {row['status']} cannot be cancelled")
+        return result
+
+
+async def apply_reservation(db, *, event_id: str, order_id: uuid.UUID, reserved: bool,
+                            reason: str | None) -> dict | None:
+    async with db.transaction() as tx:
+        if not await messaging.first_delivery(tx, event_id=event_id, consumer="orders.apply_reservation"):
+            return None
+        result = await _transition(
+            tx, order_id=order_id, to="reserved" if reserved else "rejected",
+            reason=None if reserved else reason, from_=("pending",),
+            event_type=events.RESERVED if reserved else events.REJECTED,
+        )
+        return result[1] if result else None
+
+
+async def fulfil(db, *, event_id: str, order_id: uuid.UUID) -> dict | None:
+    async with db.transaction() as tx:
+        if not await messaging.first_delivery(tx, event_id=event_id, consumer="orders.fulfil"):
+            return None
+        result = await _transition(
+            tx, order_id=order_id, to="fulfilled", reason=None, from_=("reserved",), event_type=events.FULFILLED
+        )
+        return result[1] if result else None
+
+
+async def expire_reservations(db, *, ttl_seconds: int, limit: int) -> list[dict]:
+    """Cancel (reason expired) reserved orders not fulfilled within the TTL."""
+    emitted = []
+    async with db.transaction() as tx:
+        ids = await tx.fetch_all(
+            "SELECT id FROM {{tables.orders}} WHERE status = 'reserved' "
+            "AND reserved_at < now() - make_interval(secs => $1) ORDER BY reserved_at LIMIT $2 "
+            "FOR UPDATE SKIP LOCKED",
+            float(ttl_seconds), limit,
+        )
+        for row in ids:
+            result = await _transition(
+                tx, order_id=row["id"], to="cancelled", reason="expired", from_=("reserved",),
+                event_type=events.CANCELLED,
+            )
+            if result:
+                emitted.append(result[1])
+    return emitted

@@ -1,0 +1,56 @@
+"""Marshmallow schemas of the orders API."""
+from __future__ import annotations
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+
+class LineSchema(Schema):
+    product_id = fields.UUID(required=True)
+    quantity = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=1000))
+
+
+class PlaceOrderSchema(Schema):
+    items = fields.List(fields.Nested(LineSchema), required=True, validate=validate.Length(min=1, max=50))
+
+    @validates_schema
+    def _distinct_products(self, data, **kwargs):
+        seen = set()
+        for index, line in enumerate(data.get("items") or []):
+            if line["product_id"] in seen:
+                raise ValidationError({"items": {index: {"product_id": ["Duplicate product; combine the quantities."]}}})
+            seen.add(line["product_id"])
+
+
+class ListQuerySchema(Schema):
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(load_default=None)
+
+
+class ItemSchema(Schema):
+    product_id = fields.UUID()
+    quantity = fields.Integer()
+    unit_price_cents = fields.Integer()
+
+
+class HistorySchema(Schema):
+    status = fields.String()
+    reason = fields.String(allow_none=True)
+    at = fields.AwareDateTime(format="iso")
+
+
+class OrderSchema(Schema):
+    id = fields.UUID()
+    user_id = fields.UUID()
+    status = fields.String()
+    reason = fields.String(allow_none=True)
+    items = fields.List(fields.Nested(ItemSchema))
+    total_cents = fields.Integer()
+    currency = fields.String()
+    created_at = fields.AwareDateTime(format="iso")
+    updated_at = fields.AwareDateTime(format="iso")
+    history = fields.List(fields.Nested(HistorySchema))
+
+
+class OrderPageSchema(Schema):
+    items = fields.List(fields.Nested(OrderSchema))
+    next_cursor = fields.String(allow_none=True)

@@ -1,0 +1,96 @@
+"""The orders domain's public operations."""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+
+from services import pagination, runtime
+from services.errors import ValidationFailed
+from services.orders import repository
+from services.orders.catalog import catalog
+from services.orders.errors import OrderNotFound
+
+SCHEMA = "orders"
+
+
+def _db():
+    return runtime.db().manager(SCHEMA)
+
+
+def _run(fn, **kwargs):
+    return runtime.db().run(fn, _db(), **kwargs)
+
+
+def _publish(*events) -> None:
+    runtime.get().publish(SCHEMA, [e for e in events if e])
+
+
+def _request_hash(lines: list[dict]) -> str:
+    canonical = json.dumps([[str(l["product_id"]), l["quantity"]] for l in lines])
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def place_order(*, user_id: uuid.UUID, lines: list[dict], idempotency_key: str | None = None) -> tuple[dict, bool]:
+    """Price and write a pending order. Returns (order, created)."""
+    request_hash = _request_hash(lines)
+    if idempotency_key:
+        existing = _run(repository.find_by_idempotency_key, user_id=user_id, key=idempotency_key)
+        if existing:
+            return repository._same_request(existing, request_hash), False
+    products = catalog(runtime.get().settings).products([l["product_id"] for l in lines])
+    errors = {
+        f"items.{i}.product_id": ["Unknown or inactive product."]
+        for i, line in enumerate(lines) if line["product_id"] not in products
+    }
+    if errors:
+        raise ValidationFailed("the order names unknown or inactive products", errors=errors)
+    currencies = {products[l["product_id"]]["currency"] for l in lines}
+    if len(currencies) > 1:
+        raise ValidationFailed("all items of an order must share one currency",
+                               errors={"items": ["Products in different currencies."]})
+    priced = [{**l, "unit_price_cents": products[l["product_id"]]["price_cents"]} for l in lines]
+    order, event = _run(
+        repository.insert_order, user_id=user_id, lines=priced,
+        total_cents=sum(l["unit_price_cents"] * l["quantity"] for l in priced), currency=currencies.pop(),
+        idempotency_key=idempotency_key, request_hash=request_hash,
+    )
+    _publish(event)
+    return order, event is not None
+
+
+def get_order(*, order_id: uuid.UUID, user_id: uuid.UUID, is_admin: bool = False) -> dict:
+    order = _run(repository.get_order, order_id=order_id)
+    if order is None or (order["user_id"] != user_id and not is_admin):
+        raise OrderNotFound("no such order")  # another user's order does not exist for you
+    return order
+
+
+def list_orders(*, user_id: uuid.UUID, limit: int = 20, cursor: str | None = None) -> dict:
+    rows = _run(repository.list_orders, user_id=user_id, limit=limit, before=pagination.decode(cursor))
+    return pagination.page(rows, limit)
+
+
+def cancel_order(*, order_id: uuid.UUID, user_id: uuid.UUID, is_admin: bool = False) -> dict:
+    order, event = _run(repository.cancel, order_id=order_id, user_id=user_id, is_admin=is_admin)
+    _publish(event)
+    return order
+
+
+# -- event handlers (called by Celery tasks) -----------------------------------------
+def apply_reservation(*, event: dict) -> None:
+    payload = event["payload"]
+    reserved = event["type"] == "inventory.reserved"
+    _publish(_run(repository.apply_reservation, event_id=event["id"], order_id=uuid.UUID(payload["order_id"]),
+                  reserved=reserved, reason=payload.get("reason")))
+
+
+def fulfil_order(*, event: dict) -> None:
+    _publish(_run(repository.fulfil, event_id=event["id"], order_id=uuid.UUID(event["payload"]["order_id"])))
+
+
+def expire_reservations(*, limit: int = 500) -> int:
+    events = _run(repository.expire_reservations, ttl_seconds=runtime.get().settings.reservation_ttl_seconds,
+                  limit=limit)
+    _publish(*events)
+    return len(events)

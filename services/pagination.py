@@ -1,0 +1,34 @@
+"""Opaque keyset cursors: (created_at, id) of the last row, base64url-encoded."""
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+
+from services.errors import ValidationFailed
+
+
+def encode(created_at: datetime, row_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{row_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, row_id = raw.split("|", 1)
+        return datetime.fromisoformat(when), uuid.UUID(row_id)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationFailed("the cursor is not valid", errors={"cursor": ["Not a valid cursor."]}) from None
+
+
+def page(rows: list[dict], limit: int) -> dict:
+    """Rows fetched with limit + 1 -> {"items", "next_cursor"}."""
+    items = rows[:limit]
+    more = len(rows) > limit
+    return {
+        "items": items,
+        "next_cursor": encode(items[-1]["created_at"], items[-1]["id"]) if more and items else None,
+    }
