@@ -242,12 +242,13 @@ class Worker:
             command += ["-B", "-s", str(self.log_path) + ".beat"]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                command, cwd=ROOT, env={**env, "SERVICE_NAME": "worker", **extra_env},
+                command, cwd=ROOT, env={**env, "SERVICE_NAME": "worker", "LOG_LEVEL": "INFO", **extra_env},
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + 30
-        while "ready." not in self.log():
+        while " ready." not in self.log():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop(timeout=5)
                 raise RuntimeError("worker did not start:\n" + self.log()[-3000:])
             time.sleep(0.1)
 

@@ -42,7 +42,7 @@ class DomainTask(Task):
             )
         except Exception:
             logger.critical("could not record a dead letter", exc_info=True,
-                            extra={"task": self.name, "task_id": task_id, "args": args})
+                            extra={"task": self.name, "task_id": task_id, "task_args": args})
 
 
 def task(name: str, queue: str):
