@@ -5,6 +5,7 @@ type, revoked - is a 401 problem with `WWW-Authenticate: Bearer`.
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import timedelta
 from functools import wraps
@@ -20,7 +21,9 @@ from flask_jwt_extended import (
 
 from app.errors import problem
 from config.settings import Settings
-from services.errors import Forbidden
+
+logger = logging.getLogger(__name__)
+from services.errors import Forbidden, Unavailable
 
 
 def init_jwt(app: Flask, settings: Settings, *, is_revoked) -> JWTManager:
@@ -49,7 +52,17 @@ def init_jwt(app: Flask, settings: Settings, *, is_revoked) -> JWTManager:
     @jwt.token_in_blocklist_loader
     def _revoked(header, payload) -> bool:
         family = payload.get("fam")
-        return not family or is_revoked(family=family)
+        if not family:
+            return True
+        try:
+            return is_revoked(family=family)
+        except Unavailable:
+            if settings.auth_revocation_fail_open:
+                # Redis down: signature and expiry still hold; a token revoked in the
+                # last minutes keeps working until Redis returns (bounded by its TTL).
+                logger.warning("revocation store unavailable; accepting a signed, unexpired token")
+                return False
+            raise
 
     return jwt
 

@@ -55,6 +55,55 @@ def cmd_create_admin(args) -> int:
     return 0
 
 
+def cmd_dead_letters(args) -> int:
+    import json
+    import uuid
+
+    from services import dead_letters, runtime
+
+    settings = _setup("dead-letters")
+    rt = runtime.start(settings, name="dead-letters")
+    db = rt.db.manager(dead_letters.SCHEMA)
+    try:
+        if args.action == "list":
+            for row in rt.db.run(dead_letters.list_open, db, limit=args.limit):
+                # The listing is this command's output, for people and scripts alike.
+                sys.stdout.write(json.dumps({**row, "id": str(row["id"])}, default=str) + "\n")
+            return 0
+        if not args.all and not args.id:
+            logger.error("name a dead letter id, or pass --all")
+            return 2
+        try:
+            ids = None if args.all else [uuid.UUID(args.id)]
+        except ValueError:
+            logger.error("not a dead letter id: %s", args.id)
+            return 2
+        from workers.celery_app import app as celery
+
+        def send(task_name, task_args, task_kwargs, queue):
+            celery.send_task(task_name, args=task_args, kwargs=task_kwargs, queue=queue or None)
+
+        done = rt.db.run(dead_letters.redrive, db, ids=ids, send=send, timeout=120)
+        logger.info("redriven", extra={"count": len(done), "ids": [str(i) for i in done]})
+        return 0 if done or args.all else 1
+    finally:
+        runtime.stop()
+
+
+def cmd_seed(args) -> int:
+    from services import runtime
+    from services.inventory import demo
+
+    settings = _setup("seed")
+    runtime.start(settings, name="seed")
+    try:
+        created = demo.seed_catalog()
+    finally:
+        runtime.stop()
+    logger.info("demo catalog ready", extra={"created": created})
+    return 0
+
+
 def cmd_run(args) -> int:
     from app import devrun
 
@@ -69,8 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     admin.add_argument("--email", required=True)
     admin.add_argument("--password", required=True)
     sub.add_parser("run", help="start the whole system (embedded servers when no URLs are set)")
+    sub.add_parser("seed", help="add the demo catalog (about 20 products) if it is not there")
+    dead = sub.add_parser("dead-letters", help="show or redrive messages whose tasks gave up")
+    dead.add_argument("action", choices=["list", "retry"])
+    dead.add_argument("id", nargs="?")
+    dead.add_argument("--all", action="store_true", help="with retry: redrive every open dead letter")
+    dead.add_argument("--limit", type=int, default=100)
     args = parser.parse_args(argv)
-    handlers = {"migrate": cmd_migrate, "create-admin": cmd_create_admin, "run": cmd_run}
+    handlers = {"migrate": cmd_migrate, "create-admin": cmd_create_admin, "run": cmd_run,
+                "seed": cmd_seed, "dead-letters": cmd_dead_letters}
     return handlers[args.command](args)
 
 

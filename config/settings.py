@@ -76,6 +76,7 @@ class Settings:
     inventory_breaker_fail_max: int = 5
     inventory_breaker_reset: float = 10.0
     task_max_retries: int = 8
+    auth_revocation_fail_open: bool = True
     rate_limit_default: str = "600/minute"
     rate_limit_login: str = "10/minute"
     log_level: str = "INFO"
@@ -143,6 +144,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         inventory_breaker_fail_max=_int(env, "INVENTORY_BREAKER_FAIL_MAX", 5),
         inventory_breaker_reset=_float(env, "INVENTORY_BREAKER_RESET_SECONDS", 10.0),
         task_max_retries=_int(env, "TASK_MAX_RETRIES", 8),
+        auth_revocation_fail_open=env.get("AUTH_REVOCATION_FAIL_OPEN", "true").lower() in ("1", "true", "yes"),
         rate_limit_default=env.get("RATE_LIMIT_DEFAULT", "600/minute"),
         rate_limit_login=env.get("RATE_LIMIT_LOGIN", "10/minute"),
         log_level=env.get("LOG_LEVEL", "INFO").upper(),

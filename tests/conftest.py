@@ -164,9 +164,9 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = N
 class Live:
     """A gunicorn process of ours on a free port."""
 
-    def __init__(self, service: str, env: dict, **extra_env: str):
+    def __init__(self, service: str, env: dict, *, port: int | None = None, **extra_env: str):
         self.service = service
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**env, "SERVICE_NAME": service, "PORT": str(self.port), **extra_env}
         self.log_path = Path(tempfile.mkstemp(prefix=f"oms-{service}-", suffix=".log")[1])
@@ -234,6 +234,7 @@ class Worker:
     """A real Celery worker process (prefork) on the test broker."""
 
     def __init__(self, env: dict, *, concurrency: int = 2, beat: bool = False, **extra_env: str):
+        self.env = {**env, **extra_env}
         self.log_path = Path(tempfile.mkstemp(prefix="oms-worker-", suffix=".log")[1])
         command = [str(BIN / "celery"), "-A", "workers.celery_app:app", "worker", "--loglevel=INFO",
                    f"--concurrency={concurrency}", "-Q", "default,inventory,orders,notifications,outbox",

@@ -1,0 +1,235 @@
+"""Faults lose no accepted order and never oversell: redelivery, a killed worker, a broker
+outage, inventory down, expiry, dead letters.
+
+Each test that stops or starves something runs its own orders service and worker on a
+broker of its own, so the session's worker never steals its messages.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import PYTHON, ROOT, Live, Worker, free_port
+from tests.support import (
+    Api,
+    admin_token,
+    assert_conserved,
+    create_product,
+    place,
+    register,
+    stock_ledger,
+    wait_for,
+    wait_terminal,
+)
+
+
+@pytest.fixture(scope="module")
+def gateway(live_gateway):
+    return Api(live_gateway.url)
+
+
+@pytest.fixture(scope="module")
+def admin(gateway):
+    return admin_token(gateway)
+
+
+@pytest.fixture
+def customer(gateway):
+    return register(gateway)["access_token"]
+
+
+@pytest.fixture
+def own_broker(redis_url, stack_env):
+    """A Redis database of this test's own as broker (the revocation store stays shared)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(redis_url)
+    if parts.scheme == "unix":
+        pytest.skip("needs a TCP Redis with numbered databases")
+    url = urlunsplit(parts._replace(path="/14"))
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+    yield url
+    redis.Redis.from_url(url).flushdb()
+
+
+def _history(order):
+    return [(h["status"], h["reason"]) for h in order["history"]]
+
+
+def test_the_same_event_delivered_twice_has_one_effect(rt, gateway, admin):
+    from services.inventory import service as inventory
+    from services.orders import service as orders
+
+    product = create_product(gateway, admin, stock=5)
+    order_id = str(uuid.uuid4())
+    placed = {"id": str(uuid.uuid4()), "type": "order.placed",
+              "payload": {"order_id": order_id, "lines": [{"product_id": product["id"], "quantity": 2}]}}
+    inventory.reserve_order(event=placed)
+    inventory.reserve_order(event=placed)
+    assert stock_ledger(rt, [product["id"]])[product["id"]]["reserved"] == 2
+    fulfilled = {"id": str(uuid.uuid4()), "type": "order.fulfilled", "payload": {"order_id": order_id}}
+    inventory.commit_order(event=fulfilled)
+    inventory.commit_order(event=fulfilled)
+    after = stock_ledger(rt, [product["id"]])[product["id"]]
+    assert (after["on_hand"], after["reserved"]) == (3, 0)
+    # A redelivered reservation result does not move an order twice either.
+    assert orders.apply_reservation(event={"id": placed["id"], "type": "inventory.reserved",
+                                           "payload": {"order_id": order_id}}) is None
+
+
+def test_a_cancel_before_the_reservation_leaves_a_tombstone(rt, gateway, admin):
+    from services.inventory import service as inventory
+
+    product = create_product(gateway, admin, stock=5)
+    order_id = str(uuid.uuid4())
+    inventory.release_order(event={"id": str(uuid.uuid4()), "type": "order.cancelled",
+                                   "payload": {"order_id": order_id, "reason": "customer"}})
+    inventory.reserve_order(event={"id": str(uuid.uuid4()), "type": "order.placed",
+                                   "payload": {"order_id": order_id,
+                                               "lines": [{"product_id": product["id"], "quantity": 1}]}})
+    assert stock_ledger(rt, [product["id"]])[product["id"]]["reserved"] == 0
+
+
+def test_a_worker_killed_mid_reservation_completes_the_order_exactly_once(
+        rt, stack_env, live_users, gateway, admin, customer, own_broker, tmp_path):
+    product = create_product(gateway, admin, stock=3)
+    env = {**stack_env, "CELERY_BROKER_URL": own_broker}
+    orders = Live("orders", env, WEB_CONCURRENCY="1")
+    (tmp_path / "reserve").touch()
+    worker = Worker(env, concurrency=1, OMS_TEST_HOLD_DIR=str(tmp_path), DB_TIMEOUT_SECONDS="40")
+    try:
+        api = Api(orders.url)
+        order = place(api, customer, [(product["id"], 2)])
+        pid_file = tmp_path / "reserve.pid"
+        wait_for(pid_file.exists, what="the reservation to be held")
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)  # the pool process, inside the transaction
+        (tmp_path / "reserve").unlink()
+        done = wait_terminal(api, customer, order["id"], timeout=60)
+        assert done["status"] == "fulfilled", worker.log()[-3000:]
+        assert _history(done) == [("pending", None), ("reserved", None), ("fulfilled", None)]
+        final = wait_for(lambda: (s := stock_ledger(rt, [product["id"]])[product["id"]])["reserved"] == 0 and s)
+        assert final["on_hand"] == 1
+        assert_conserved(rt, [product["id"]])
+    finally:
+        worker.stop()
+        orders.stop()
+
+
+def test_orders_accepted_during_a_broker_outage_all_finish_after_it_returns(
+        rt, stack_env, gateway, admin, customer, tmp_path):
+    from app import embedded
+
+    broker = embedded.start_redis(tmp_path / "broker", persistent=True)
+    product = create_product(gateway, admin, stock=4)
+    env = {**stack_env, "REDIS_URL": broker.url}
+    orders = Live("orders", env, WEB_CONCURRENCY="1")
+    worker = None
+    try:
+        api = Api(orders.url)
+        broker.stop()
+        accepted = [place(api, customer, [(product["id"], 1)])["id"] for _ in range(6)]
+        assert len(accepted) == 6  # every one answered 202 with Redis down
+        broker = embedded.start_redis(tmp_path / "broker", persistent=True)
+        worker = Worker(env, beat=True, OUTBOX_SWEEP_SECONDS="1")
+        outcomes = sorted(wait_terminal(api, customer, oid, timeout=90)["status"] for oid in accepted)
+        assert outcomes == ["fulfilled"] * 4 + ["rejected"] * 2
+        wait_for(lambda: stock_ledger(rt, [product["id"]])[product["id"]]["reserved"] == 0)
+        assert_conserved(rt, [product["id"]])
+    finally:
+        if worker:
+            worker.stop()
+        orders.stop()
+        broker.stop()
+
+
+def test_with_inventory_down_placing_fails_fast_then_recovers(rt, stack_env, live_worker, gateway, admin, customer):
+    product = create_product(gateway, admin, stock=5)
+    inventory_port = free_port()
+    orders = Live("orders", {**stack_env, "INVENTORY_URL": f"http://127.0.0.1:{inventory_port}"},
+                  WEB_CONCURRENCY="1", INVENTORY_BREAKER_FAIL_MAX="3", INVENTORY_BREAKER_RESET_SECONDS="2")
+    inventory = None
+    try:
+        api = Api(orders.url)
+        body = {"items": [{"product_id": product["id"], "quantity": 1}]}
+        for _ in range(3):
+            assert api.call("POST", "/api/orders", token=customer, json_body=body)[0] == 503
+        started = time.monotonic()
+        status, headers, problem = api.call("POST", "/api/orders", token=customer, json_body=body)
+        assert status == 503 and int(headers["Retry-After"]) >= 1 and problem["status"] == 503
+        assert time.monotonic() - started < 0.25  # the open breaker answers at once
+        inventory = Live("inventory", stack_env, port=inventory_port, WEB_CONCURRENCY="1")
+        order = wait_for(lambda: (r := api.call("POST", "/api/orders", token=customer, json_body=body))[0] == 202
+                         and r[2], timeout=15, interval=0.5, what="the breaker to close")
+        assert wait_terminal(gateway, customer, order["id"])["status"] == "fulfilled"
+    finally:
+        if inventory:
+            inventory.stop()
+        orders.stop()
+
+
+def test_a_reservation_not_fulfilled_in_time_expires_and_releases_stock(
+        rt, stack_env, gateway, admin, customer, own_broker):
+    product = create_product(gateway, admin, stock=2)
+    env = {**stack_env, "CELERY_BROKER_URL": own_broker}
+    orders = Live("orders", env, WEB_CONCURRENCY="1")
+    worker = Worker(env, beat=True, RESERVATION_TTL_SECONDS="1", FULFILMENT_DELAY_SECONDS="6",
+                    OUTBOX_SWEEP_SECONDS="1")
+    try:
+        api = Api(orders.url)
+        order = place(api, customer, [(product["id"], 2)])
+        done = wait_terminal(api, customer, order["id"], timeout=30)
+        assert (done["status"], done["reason"]) == ("cancelled", "expired")
+        assert _history(done) == [("pending", None), ("reserved", None), ("cancelled", "expired")]
+        final = wait_for(lambda: (s := stock_ledger(rt, [product["id"]])[product["id"]])["reserved"] == 0 and s)
+        assert final["on_hand"] == 2
+        time.sleep(6)  # the delayed fulfilment arrives after expiry and must do nothing
+        assert api.ok("GET", f"/api/orders/{order['id']}", token=customer)["status"] == "cancelled"
+        assert_conserved(rt, [product["id"]])
+    finally:
+        worker.stop()
+        orders.stop()
+
+
+def _cli(env, *args):
+    return subprocess.run([PYTHON, "-m", "app", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_a_task_that_gives_up_is_a_dead_letter_that_can_be_redriven(rt, stack_env, own_broker):
+    env = {**stack_env, "CELERY_BROKER_URL": own_broker}
+    worker = Worker(env, concurrency=1)
+    try:
+        from celery import Celery
+
+        from config.celery import celery_config
+        from config.settings import load_settings
+
+        sender = Celery("test-sender")
+        sender.conf.update(celery_config(load_settings(env)))
+        sender.conf.broker_url = own_broker
+        marker = uuid.uuid4().hex
+        sender.send_task("inventory.reserve", args=[{"id": "not-a-uuid", "type": "order.placed",
+                                                     "payload": {"marker": marker}}], queue="inventory")
+
+        def listed():
+            result = _cli(env, "dead-letters", "list")
+            rows = [json.loads(line) for line in result.stdout.splitlines() if marker in line]
+            return rows[0] if rows else None
+
+        row = wait_for(listed, timeout=30, interval=0.5, what="the dead letter")
+        assert row["task_name"] == "inventory.reserve" and row["error"]
+        redrive = _cli(env, "dead-letters", "retry", row["id"])
+        assert redrive.returncode == 0, redrive.stderr
+        # The redriven message fails the same way: a new dead letter, the old one marked redriven.
+        wait_for(lambda: (r := listed()) and r["id"] != row["id"], timeout=30, interval=0.5)
+        assert _cli(env, "dead-letters", "retry", str(uuid.uuid4())).returncode == 1
+    finally:
+        worker.stop()
