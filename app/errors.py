@@ -77,8 +77,10 @@ def _validation_errors(error: HTTPException) -> dict[str, list[str]] | None:
         else:
             merged[location if location != "json" else "body"] = fields
     errors = flatten_messages(merged)
-    errors = {("body" if k == "_schema" else k): v for k, v in errors.items()}
-    return errors
+    # marshmallow files errors about a whole object under "_schema": name the object instead.
+    return {
+        ("body" if k == "_schema" else k.removesuffix("._schema")): v for k, v in errors.items()
+    }
 
 
 _DETAILS = {

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 
 from services.errors import ValidationFailed
 
@@ -19,8 +19,11 @@ def decode(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         when, row_id = raw.split("|", 1)
-        return datetime.fromisoformat(when), uuid.UUID(row_id)
-    except (ValueError, UnicodeDecodeError):
+        moment = datetime.fromisoformat(when)
+        if moment.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return moment.astimezone(timezone.utc), uuid.UUID(row_id)
+    except (ValueError, UnicodeDecodeError, OverflowError):
         raise ValidationFailed("the cursor is not valid", errors={"cursor": ["Not a valid cursor."]}) from None
 
 

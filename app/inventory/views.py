@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask.views import MethodView
 from flask_jwt_extended import get_jwt
-from flask_smorest import Blueprint
+from app.blueprint import Blueprint
 
 from app.auth import admin_required
 from services.inventory import service

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import current_app
 from flask.views import MethodView
 from flask_jwt_extended import get_jwt, jwt_required
-from flask_smorest import Blueprint
+from app.blueprint import Blueprint
 
 from app.auth import current_user_id, issue_tokens
 from services.users import service

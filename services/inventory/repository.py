@@ -13,6 +13,7 @@ import asyncpg
 from services import messaging
 from services.inventory import events
 from services.inventory.errors import InsufficientStock, ProductNotFound, SkuTaken
+from services.inventory.schemas import MAX_STOCK  # on_hand is an integer column: stay far below it
 
 PRODUCT = (
     "id, sku, name, description, price_cents, currency, active, on_hand, reserved, "
@@ -77,14 +78,17 @@ async def adjust_stock(db, *, product_id: uuid.UUID, delta: int, reason: str, ac
     async with db.transaction() as tx:
         product = await tx.fetch_one(
             "UPDATE {{tables.products}} SET on_hand = on_hand + $2, updated_at = now() "
-            "WHERE id = $1 AND on_hand + $2 >= reserved RETURNING " + PRODUCT,
-            product_id, delta,
+            "WHERE id = $1 AND on_hand + $2 >= reserved AND on_hand + $2 <= $3 RETURNING " + PRODUCT,
+            product_id, delta, MAX_STOCK,
         )
         if product is None:
             exists = await tx.fetch_value("SELECT true FROM {{tables.products}} WHERE id = $1", product_id)
             if not exists:
                 raise ProductNotFound("no such product")
-            raise InsufficientStock("this change would make available stock negative")
+            raise InsufficientStock(
+                "this change would make available stock negative or on-hand stock exceed "
+                f"{MAX_STOCK}"
+            )
         await tx.execute(
             "INSERT INTO {{tables.stock_movements}} (product_id, delta, reason, actor) VALUES ($1, $2, $3, $4)",
             product_id, delta, reason, actor,

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
+
+from services.validation import Text
 from webargs.fields import DelimitedList
 
 _CURRENCY = validate.Regexp(r"^[A-Z]{3}$", error="must be an ISO 4217 code such as USD")
@@ -9,17 +11,17 @@ MAX_STOCK = 1_000_000_000
 
 
 class ProductCreateSchema(Schema):
-    sku = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    description = fields.String(load_default="", validate=validate.Length(max=5000))
+    sku = Text(required=True, validate=validate.Length(min=1, max=64))
+    name = Text(required=True, validate=validate.Length(min=1, max=200))
+    description = Text(load_default="", validate=validate.Length(max=5000))
     price_cents = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=10**12))
-    currency = fields.String(load_default="USD", validate=_CURRENCY)
+    currency = Text(load_default="USD", validate=_CURRENCY)
     stock = fields.Integer(load_default=0, strict=True, validate=validate.Range(min=0, max=MAX_STOCK))
 
 
 class ProductPatchSchema(Schema):
-    name = fields.String(validate=validate.Length(min=1, max=200))
-    description = fields.String(validate=validate.Length(max=5000))
+    name = Text(validate=validate.Length(min=1, max=200))
+    description = Text(validate=validate.Length(max=5000))
     price_cents = fields.Integer(strict=True, validate=validate.Range(min=0, max=10**12))
     active = fields.Boolean()
 
@@ -29,22 +31,22 @@ class StockAdjustSchema(Schema):
         required=True, strict=True,
         validate=[validate.Range(min=-MAX_STOCK, max=MAX_STOCK), validate.NoneOf([0], error="must not be 0")],
     )
-    reason = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    reason = Text(required=True, validate=validate.Length(min=1, max=200))
 
 
 class ProductQuerySchema(Schema):
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    cursor = fields.String(load_default=None)
+    cursor = Text(load_default=None)
     ids = DelimitedList(fields.UUID(), validate=validate.Length(max=100))
 
 
 class ProductSchema(Schema):
     id = fields.UUID()
-    sku = fields.String()
-    name = fields.String()
-    description = fields.String()
+    sku = Text()
+    name = Text()
+    description = Text()
     price_cents = fields.Integer()
-    currency = fields.String()
+    currency = Text()
     active = fields.Boolean()
     on_hand = fields.Integer()
     reserved = fields.Integer()
@@ -54,4 +56,4 @@ class ProductSchema(Schema):
 
 class ProductPageSchema(Schema):
     items = fields.List(fields.Nested(ProductSchema))
-    next_cursor = fields.String(allow_none=True)
+    next_cursor = Text(allow_none=True)

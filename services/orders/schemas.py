@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from services.validation import Text
+
 
 class LineSchema(Schema):
     product_id = fields.UUID(required=True)
@@ -23,7 +25,7 @@ class PlaceOrderSchema(Schema):
 
 class ListQuerySchema(Schema):
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    cursor = fields.String(load_default=None)
+    cursor = Text(load_default=None)
 
 
 class ItemSchema(Schema):

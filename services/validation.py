@@ -1,0 +1,22 @@
+"""Marshmallow pieces every domain's schemas share."""
+from __future__ import annotations
+
+from marshmallow import ValidationError, fields
+
+
+def _no_control_characters(value: str) -> None:
+    # PostgreSQL text cannot store U+0000, and no field of ours wants control characters.
+    if any(ord(ch) < 32 and ch not in "\t\n\r" for ch in value):
+        raise ValidationError("Must not contain control characters.")
+
+
+class Text(fields.String):
+    """A string field that refuses NUL and other control characters."""
+
+    def __init__(self, *args, **kwargs):
+        validators = kwargs.pop("validate", None)
+        if validators is None:
+            validators = []
+        elif callable(validators):
+            validators = [validators]
+        super().__init__(*args, validate=[_no_control_characters, *validators], **kwargs)
