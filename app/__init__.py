@@ -63,6 +63,8 @@ def _blueprints(service: str) -> list:
         from app.orders.views import blp
     elif service == "inventory":
         from app.inventory.views import blp
+    elif service == "notifications":
+        from app.notifications.views import blp
     else:
         return []
     return [blp]

@@ -33,6 +33,17 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"configuration error: {name} must be an integer, got {raw!r}") from None
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"configuration error: {name} must be true or false, got {raw!r}")
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw in (None, ""):
@@ -60,7 +71,7 @@ class Settings:
     refresh_token_ttl: int = 1_209_600
     service_urls: dict = field(default_factory=dict)
     # Upstreams the gateway checks in /ready: the services this deployment runs.
-    gateway_services: tuple = ("users", "orders", "inventory")
+    gateway_services: tuple = SERVICES
     ports: dict = field(default_factory=dict)
     db_pool_min: int = 1
     db_pool_max: int = 4
@@ -77,6 +88,14 @@ class Settings:
     inventory_breaker_reset: float = 10.0
     task_max_retries: int = 8
     auth_revocation_fail_open: bool = True
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: Secret | None = field(default=None, repr=False)
+    mail_from: str = "OMS <no-reply@oms.local>"
+    sms_webhook_url: str | None = None
+    sms_webhook_token: Secret | None = field(default=None, repr=False)
     rate_limit_default: str = "600/minute"
     rate_limit_login: str = "10/minute"
     log_level: str = "INFO"
@@ -127,7 +146,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL_SECONDS", 1_209_600),
         service_urls=service_urls,
         gateway_services=tuple(
-            s.strip() for s in env.get("GATEWAY_SERVICES", "users,orders,inventory").split(",") if s.strip()
+            s.strip() for s in env.get("GATEWAY_SERVICES", ",".join(SERVICES)).split(",") if s.strip()
         ),
         ports=ports,
         db_pool_min=_int(env, "DB_POOL_MIN", 1),
@@ -144,7 +163,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         inventory_breaker_fail_max=_int(env, "INVENTORY_BREAKER_FAIL_MAX", 5),
         inventory_breaker_reset=_float(env, "INVENTORY_BREAKER_RESET_SECONDS", 10.0),
         task_max_retries=_int(env, "TASK_MAX_RETRIES", 8),
-        auth_revocation_fail_open=env.get("AUTH_REVOCATION_FAIL_OPEN", "true").lower() in ("1", "true", "yes"),
+        auth_revocation_fail_open=_bool(env, "AUTH_REVOCATION_FAIL_OPEN", True),
+        smtp_host=env.get("SMTP_HOST", "127.0.0.1"),
+        smtp_port=_int(env, "SMTP_PORT", 1025),
+        smtp_starttls=_bool(env, "SMTP_STARTTLS", False),
+        smtp_username=env.get("SMTP_USERNAME") or None,
+        smtp_password=Secret(env["SMTP_PASSWORD"]) if env.get("SMTP_PASSWORD") else None,
+        mail_from=env.get("MAIL_FROM", "OMS <no-reply@oms.local>"),
+        sms_webhook_url=env.get("SMS_WEBHOOK_URL") or None,
+        sms_webhook_token=Secret(env["SMS_WEBHOOK_TOKEN"]) if env.get("SMS_WEBHOOK_TOKEN") else None,
         rate_limit_default=env.get("RATE_LIMIT_DEFAULT", "600/minute"),
         rate_limit_login=env.get("RATE_LIMIT_LOGIN", "10/minute"),
         log_level=env.get("LOG_LEVEL", "INFO").upper(),

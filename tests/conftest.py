@@ -209,10 +209,52 @@ def live_inventory(rt, base_env):
     server.stop()
 
 
+class MailSink:
+    """A real SMTP server (aiosmtpd) that keeps what it receives; ``refuse`` holds addresses to 550."""
+
+    def __init__(self, port: int | None = None):
+        from aiosmtpd.controller import Controller
+
+        self.messages: list = []
+        self.refuse: set[str] = set()
+        self.port = port or free_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.lower() in self.refuse:
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        from email import message_from_bytes, policy
+
+        self.messages.append(message_from_bytes(envelope.original_content, policy=policy.default))
+        return "250 Message accepted"
+
+    def start(self) -> "MailSink":
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def to(self, address: str) -> list:
+        return [m for m in self.messages if m["To"] == address]
+
+
 @pytest.fixture(scope="session")
-def stack_env(base_env, live_users, live_inventory):
+def mail_sink():
+    sink = MailSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_env(base_env, live_users, live_inventory, mail_sink):
     """Environment that points every process at the live services."""
-    return {**base_env, "USERS_URL": live_users.url, "INVENTORY_URL": live_inventory.url}
+    return {**base_env, "USERS_URL": live_users.url, "INVENTORY_URL": live_inventory.url,
+            "SMTP_PORT": str(mail_sink.port)}
 
 
 @pytest.fixture(scope="session")
@@ -223,9 +265,17 @@ def live_orders(stack_env):
 
 
 @pytest.fixture(scope="session")
-def live_gateway(stack_env, live_orders):
-    server = Live("gateway", {**stack_env, "ORDERS_URL": live_orders.url}, WEB_CONCURRENCY="1",
-                  GUNICORN_THREADS="8")
+def live_notifications(stack_env):
+    server = Live("notifications", stack_env, WEB_CONCURRENCY="1", GUNICORN_THREADS="4")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def live_gateway(stack_env, live_orders, live_notifications):
+    server = Live("gateway", {**stack_env, "ORDERS_URL": live_orders.url,
+                              "NOTIFICATIONS_URL": live_notifications.url},
+                  WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
     yield server
     server.stop()
 

@@ -24,13 +24,17 @@ class Route:
 
 
 # Every consumer of every event. An event with no route is marked published as is.
+NOTIFY = Route("notifications.notify", "notifications")
 ROUTES: dict[str, tuple[Route, ...]] = {
+    "user.registered": (NOTIFY,),
+    "user.updated": (Route("notifications.remember_recipient", "notifications"),),
     "order.placed": (Route("inventory.reserve", "inventory"),),
     "inventory.reserved": (Route("orders.apply_reservation", "orders"),),
     "inventory.rejected": (Route("orders.apply_reservation", "orders"),),
-    "order.reserved": (Route("orders.fulfil", "orders", delayed=True),),
-    "order.fulfilled": (Route("inventory.commit", "inventory"),),
-    "order.cancelled": (Route("inventory.release", "inventory"),),
+    "order.reserved": (Route("orders.fulfil", "orders", delayed=True), NOTIFY),
+    "order.rejected": (NOTIFY,),
+    "order.fulfilled": (Route("inventory.commit", "inventory"), NOTIFY),
+    "order.cancelled": (Route("inventory.release", "inventory"), NOTIFY),
 }
 
 OUTBOX_SCHEMAS = ("users", "orders", "inventory")

@@ -14,6 +14,7 @@ from kombu.exceptions import OperationalError
 from services import dead_letters, runtime
 from services.errors import Unavailable
 from services.inventory import service as inventory
+from services.notifications import service as notifications
 from services.orders import service as orders
 from workers import relay
 from workers.celery_app import app, settings
@@ -81,6 +82,16 @@ def fulfil(event: dict) -> None:
 @task("orders.expire_reservations", "orders")
 def expire_reservations() -> int:
     return orders.expire_reservations()
+
+
+@app.task(name="notifications.notify", base=DomainTask, queue="notifications", bind=True)
+def notify(self, event: dict) -> None:
+    notifications.notify(event=event, final_attempt=self.request.retries >= self.max_retries)
+
+
+@task("notifications.remember_recipient", "notifications")
+def remember_recipient(event: dict) -> None:
+    notifications.remember_recipient(event=event)
 
 
 @task("outbox.sweep", "outbox")

@@ -21,6 +21,7 @@ CREATE TABLE {{tables.order_lines}} (
     order_id          uuid    NOT NULL REFERENCES {{tables.orders}} (id),
     line_no           integer NOT NULL,
     product_id        uuid    NOT NULL,
+    product_name      text    NOT NULL DEFAULT '',
     quantity          integer NOT NULL CHECK (quantity BETWEEN 1 AND 1000),
     unit_price_cents  bigint  NOT NULL CHECK (unit_price_cents >= 0),
     PRIMARY KEY (order_id, line_no),

@@ -13,7 +13,7 @@ from services.orders.errors import IdempotencyKeyReused, NotCancellable, OrderNo
 ORDER = (
     "o.id, o.user_id, o.status, o.reason, o.total_cents, o.currency, o.created_at, o.updated_at, "
     "o.request_hash, "
-    "(SELECT json_agg(json_build_object('product_id', l.product_id, 'quantity', l.quantity, "
+    "(SELECT json_agg(json_build_object('product_id', l.product_id, 'name', l.product_name, 'quantity', l.quantity, "
     "  'unit_price_cents', l.unit_price_cents) ORDER BY l.line_no) "
     " FROM {{tables.order_lines}} l WHERE l.order_id = o.id) AS items, "
     "(SELECT json_agg(json_build_object('status', h.status, 'reason', h.reason, 'at', h.at) ORDER BY h.seq) "
@@ -74,10 +74,12 @@ async def insert_order(db, *, user_id: uuid.UUID, lines: list[dict], total_cents
             ))
             return _same_request(existing, request_hash), None
         await tx.execute(
-            "INSERT INTO {{tables.order_lines}} (order_id, line_no, product_id, quantity, unit_price_cents) "
-            "SELECT $1, n, p, q, c FROM unnest($2::int[], $3::uuid[], $4::int[], $5::bigint[]) AS t(n, p, q, c)",
+            "INSERT INTO {{tables.order_lines}} (order_id, line_no, product_id, product_name, quantity, "
+            "unit_price_cents) SELECT $1, n, p, name, q, c "
+            "FROM unnest($2::int[], $3::uuid[], $4::text[], $5::int[], $6::bigint[]) AS t(n, p, name, q, c)",
             order_id, list(range(1, len(lines) + 1)), [l["product_id"] for l in lines],
-            [l["quantity"] for l in lines], [l["unit_price_cents"] for l in lines],
+            [l.get("name", "") for l in lines], [l["quantity"] for l in lines],
+            [l["unit_price_cents"] for l in lines],
         )
         event = await messaging.add_event(
             tx, event_type=events.PLACED, aggregate_id=order_id,

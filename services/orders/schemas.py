@@ -30,6 +30,7 @@ class ListQuerySchema(Schema):
 
 class ItemSchema(Schema):
     product_id = fields.UUID()
+    name = fields.String()
     quantity = fields.Integer()
     unit_price_cents = fields.Integer()
 

@@ -49,7 +49,10 @@ def place_order(*, user_id: uuid.UUID, lines: list[dict], idempotency_key: str |
     if len(currencies) > 1:
         raise ValidationFailed("all items of an order must share one currency",
                                errors={"items": ["Products in different currencies."]})
-    priced = [{**l, "unit_price_cents": products[l["product_id"]]["price_cents"]} for l in lines]
+    priced = [
+        {**l, "unit_price_cents": products[l["product_id"]]["price_cents"], "name": products[l["product_id"]]["name"]}
+        for l in lines
+    ]
     order, event = _run(
         repository.insert_order, user_id=user_id, lines=priced,
         total_cents=sum(l["unit_price_cents"] * l["quantity"] for l in priced), currency=currencies.pop(),

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 USER_REGISTERED = "user.registered"
+USER_UPDATED = "user.updated"
 
 
-def user_registered(user: dict) -> dict:
+def user_profile(user: dict) -> dict:
+    """What other domains may keep of a user: how to reach them."""
     return {
         "user_id": str(user["id"]),
         "email": user["email"],
         "name": user["name"],
         "phone": user.get("phone"),
-        "registered_at": user["created_at"].isoformat(),
+        "updated_at": user["updated_at"].isoformat(),
     }

@@ -1,12 +1,12 @@
 """SQL of the users schema, through its pgdbm manager (tables as {{tables.x}})."""
 from __future__ import annotations
 
-import json
 import uuid
 
 import asyncpg
 from pgdbm import AsyncDatabaseManager
 
+from services import messaging
 from services.users import events
 from services.users.errors import EmailTaken
 
@@ -16,7 +16,7 @@ _USER_COLUMNS = "id, email, name, role, phone, created_at, updated_at"
 async def insert_user(
     db: AsyncDatabaseManager, *, email: str, name: str, password_hash: str, role: str, phone: str | None
 ) -> dict:
-    """Insert the user and its user.registered event in one transaction."""
+    """Insert the user and its user.registered event in one transaction; returns (user, event)."""
     try:
         async with db.transaction() as tx:
             user = await tx.fetch_one(
@@ -24,11 +24,10 @@ async def insert_user(
                 "VALUES ($1, $2, $3, $4, $5) RETURNING " + _USER_COLUMNS,
                 email, name, password_hash, role, phone,
             )
-            await tx.execute(
-                "INSERT INTO {{tables.outbox}} (event_type, aggregate_id, payload) VALUES ($1, $2, $3)",
-                events.USER_REGISTERED, user["id"], json.dumps(events.user_registered(user)),
+            event = await messaging.add_event(
+                tx, event_type=events.USER_REGISTERED, aggregate_id=user["id"], payload=events.user_profile(user)
             )
-            return user
+            return user, event
     except asyncpg.UniqueViolationError:
         raise EmailTaken("a user with this email already exists") from None
 
@@ -45,17 +44,25 @@ async def get_user(db: AsyncDatabaseManager, *, user_id: uuid.UUID) -> dict | No
     )
 
 
-async def update_user(db: AsyncDatabaseManager, *, user_id: uuid.UUID, changes: dict) -> dict | None:
+async def update_user(db: AsyncDatabaseManager, *, user_id: uuid.UUID, changes: dict) -> tuple:
+    """Apply profile changes and write user.updated in the same transaction; returns (user, event)."""
     # Column names come from a fixed allowlist, never from the request.
-    allowed = [c for c in ("name", "phone", "password_hash", "role") if c in changes]
+    allowed = [c for c in ("name", "phone") if c in changes]
     if not allowed:
-        return await get_user(db, user_id=user_id)
+        return await get_user(db, user_id=user_id), None
     sets = ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(allowed))
-    return await db.fetch_one(
-        "UPDATE {{tables.users}} SET " + sets + ", updated_at = now() WHERE id = $1 RETURNING "
-        + _USER_COLUMNS,
-        user_id, *[changes[c] for c in allowed],
-    )
+    async with db.transaction() as tx:
+        user = await tx.fetch_one(
+            "UPDATE {{tables.users}} SET " + sets + ", updated_at = now() WHERE id = $1 RETURNING "
+            + _USER_COLUMNS,
+            user_id, *[changes[c] for c in allowed],
+        )
+        if user is None:
+            return None, None
+        event = await messaging.add_event(
+            tx, event_type=events.USER_UPDATED, aggregate_id=user["id"], payload=events.user_profile(user)
+        )
+        return user, event
 
 
 async def upsert_admin(db: AsyncDatabaseManager, *, email: str, name: str, password_hash: str) -> dict:
@@ -68,6 +75,7 @@ async def upsert_admin(db: AsyncDatabaseManager, *, email: str, name: str, passw
         )
         if user is not None:
             return user
-    return await insert_user(
+    user, _ = await insert_user(
         db, email=email, name=name, password_hash=password_hash, role="admin", phone=None
     )
+    return user

@@ -26,10 +26,12 @@ sessions = session_store.store
 
 def register_user(*, email: str, name: str, password: str, phone: str | None = None) -> dict:
     password_hash = _hasher.hash(password)  # CPU-bound: in the calling thread, not on the loop
-    return runtime.db().run(
+    user, event = runtime.db().run(
         repository.insert_user, _db(), email=email, name=name, password_hash=password_hash,
         role="customer", phone=phone,
     )
+    runtime.get().publish(SCHEMA, [event])
+    return user
 
 
 def authenticate(*, email: str, password: str) -> dict:
@@ -52,9 +54,11 @@ def get_profile(*, user_id: uuid.UUID) -> dict:
 
 
 def update_profile(*, user_id: uuid.UUID, changes: dict) -> dict:
-    user = runtime.db().run(repository.update_user, _db(), user_id=user_id, changes=changes)
+    user, event = runtime.db().run(repository.update_user, _db(), user_id=user_id, changes=changes)
     if user is None:
         raise UserNotFound("no such user")
+    if event:
+        runtime.get().publish(SCHEMA, [event])
     return user
 
 

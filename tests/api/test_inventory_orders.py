@@ -510,8 +510,8 @@ def test_a_placed_order_is_202_pending_with_location_prices_from_the_catalog_and
     assert headers["Location"] == f"/api/orders/{order['id']}"
     assert order["status"] == "pending" and order["reason"] is None
     assert order["items"] == [
-        {"product_id": a["id"], "quantity": 2, "unit_price_cents": 700},
-        {"product_id": b["id"], "quantity": 3, "unit_price_cents": 1999},
+        {"product_id": a["id"], "name": a["name"], "quantity": 2, "unit_price_cents": 700},
+        {"product_id": b["id"], "name": b["name"], "quantity": 3, "unit_price_cents": 1999},
     ]
     assert order["total_cents"] == 2 * 700 + 3 * 1999 and order["currency"] == "USD"
     assert len(order["history"]) == 1

@@ -1,0 +1,102 @@
+"""SQL of the notifications schema."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from services import messaging
+from services.notifications.errors import RecipientUnknown
+
+NOTIFICATION = ("id, user_id, event_id, channel, template, recipient, subject, body_text, body_html, status, "
+                "attempts, last_error, created_at, updated_at, sent_at")
+
+
+async def remember_recipient(tx, *, profile: dict) -> None:
+    """Keep the newest contact details of a user (events may arrive out of order)."""
+    await tx.execute(
+        "INSERT INTO {{tables.recipients}} (user_id, email, name, phone, updated_at) VALUES ($1, $2, $3, $4, $5) "
+        "ON CONFLICT (user_id) DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name, "
+        "phone = EXCLUDED.phone, updated_at = EXCLUDED.updated_at "
+        "WHERE {{tables.recipients}}.updated_at <= EXCLUDED.updated_at",
+        uuid.UUID(profile["user_id"]), profile["email"], profile["name"], profile.get("phone"),
+        datetime.fromisoformat(profile["updated_at"]),
+    )
+
+
+async def update_recipient(db, *, event_id: str, profile: dict) -> None:
+    async with db.transaction() as tx:
+        if await messaging.first_delivery(tx, event_id=event_id, consumer="notifications.remember"):
+            await remember_recipient(tx, profile=profile)
+
+
+async def prepare(db, *, event: dict, render) -> list[dict]:
+    """Create this event's notifications (once) and return those still pending.
+
+    ``render(recipient) -> [row, ...]`` builds the rows to insert for a recipient.
+    """
+    event_id = uuid.UUID(event["id"])
+    async with db.transaction() as tx:
+        if await messaging.first_delivery(tx, event_id=event["id"], consumer="notifications.notify"):
+            payload = event["payload"]
+            if event["type"] == "user.registered":
+                await remember_recipient(tx, profile=payload)
+            recipient = await tx.fetch_one(
+                "SELECT user_id, email, name, phone FROM {{tables.recipients}} WHERE user_id = $1",
+                uuid.UUID(payload["user_id"]),
+            )
+            if recipient is None:
+                raise RecipientUnknown("the user of this event is not known yet")
+            for row in render(recipient):
+                await tx.execute(
+                    "INSERT INTO {{tables.notifications}} (user_id, event_id, channel, template, recipient, "
+                    "subject, body_text, body_html) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                    "ON CONFLICT (event_id, channel, recipient) DO NOTHING",
+                    recipient["user_id"], event_id, row["channel"], row["template"], row["recipient"],
+                    row["subject"], row["body_text"], row["body_html"],
+                )
+        return await tx.fetch_all(
+            "SELECT " + NOTIFICATION + " FROM {{tables.notifications}} WHERE event_id = $1 AND status = 'pending' "
+            "ORDER BY channel",
+            event_id,
+        )
+
+
+async def record(db, *, outcomes: list[tuple[uuid.UUID, str, str | None]]) -> None:
+    """Store each delivery attempt: (notification id, 'sent' | 'retry' | 'failed', error)."""
+    async with db.transaction() as tx:
+        for notification_id, outcome, error in outcomes:
+            attempt = await tx.fetch_value(
+                "UPDATE {{tables.notifications}} SET attempts = attempts + 1, last_error = $3, updated_at = now(), "
+                "status = CASE $2 WHEN 'retry' THEN 'pending' ELSE $2 END, "
+                "sent_at = CASE $2 WHEN 'sent' THEN now() ELSE sent_at END "
+                "WHERE id = $1 AND status = 'pending' RETURNING attempts",
+                notification_id, outcome, error,
+            )
+            if attempt is not None:
+                await tx.execute(
+                    "INSERT INTO {{tables.delivery_attempts}} (notification_id, attempt, outcome, error) "
+                    "VALUES ($1, $2, $3, $4)",
+                    notification_id, attempt, outcome, error,
+                )
+
+
+async def list_for_user(db, *, user_id: uuid.UUID, limit: int, before) -> list[dict]:
+    args: list = [user_id]
+    condition = ""
+    if before:
+        args += [before[0], before[1]]
+        condition = " AND (created_at, id) < ($2, $3)"
+    args.append(limit + 1)
+    return await db.fetch_all(
+        "SELECT " + NOTIFICATION + " FROM {{tables.notifications}} WHERE user_id = $1" + condition
+        + f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",
+        *args,
+    )
+
+
+async def attempts_of(db, *, notification_id: uuid.UUID) -> list[dict]:
+    return await db.fetch_all(
+        "SELECT attempt, outcome, error, at FROM {{tables.delivery_attempts}} WHERE notification_id = $1 "
+        "ORDER BY attempt",
+        notification_id,
+    )

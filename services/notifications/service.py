@@ -1,0 +1,102 @@
+"""The notifications domain's public operations."""
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+
+from services import pagination, runtime
+from services.notifications import repository, templates, transports
+from services.notifications.errors import DeliveryFailed, DeliveryPending
+
+logger = logging.getLogger(__name__)
+SCHEMA = "notifications"
+
+_transports: dict | None = None
+_lock = threading.Lock()
+
+
+def _db():
+    return runtime.db().manager(SCHEMA)
+
+
+def _run(fn, **kwargs):
+    return runtime.db().run(fn, _db(), **kwargs)
+
+
+def transports_() -> dict:
+    global _transports
+    with _lock:
+        if _transports is None:
+            _transports = transports.from_settings(runtime.get().settings)
+        return _transports
+
+
+def use_transports(replacement: dict | None) -> None:
+    """Swap the transports (tests point them at their own servers)."""
+    global _transports
+    with _lock:
+        _transports = replacement
+
+
+def _context(event: dict, recipient: dict) -> dict:
+    payload = event["payload"]
+    user = {"name": recipient["name"], "email": recipient["email"]}
+    if event["type"].startswith("order."):
+        return {"user": user, "order": payload, "short_id": payload["order_id"][:8]}
+    return {"user": user}
+
+
+def _renderer(event: dict):
+    template = templates.BY_EVENT[event["type"]]
+
+    def render(recipient: dict) -> list[dict]:
+        context = _context(event, recipient)
+        rows = [{"channel": "email", "template": template, "recipient": recipient["email"],
+                 **templates.render(template, "email", context)}]
+        if recipient["phone"]:
+            rows.append({"channel": "sms", "template": template, "recipient": recipient["phone"],
+                         **templates.render(template, "sms", context)})
+        return rows
+
+    return render
+
+
+def remember_recipient(*, event: dict) -> None:
+    _run(repository.update_recipient, event_id=event["id"], profile=event["payload"])
+
+
+def notify(*, event: dict, final_attempt: bool = False) -> None:
+    """Create this event's notifications once, then deliver those not delivered yet.
+
+    A delivered notification is never sent again: a retry of this task finds it
+    ``sent`` and skips it. Transient failures raise ``DeliveryPending`` (the task
+    retries); on the final attempt, and on permanent failures, they become ``failed``.
+    """
+    pending = _run(repository.prepare, event=event, render=_renderer(event))
+    outcomes, retry = [], []
+    for notification in pending:
+        try:
+            transports_()[notification["channel"]].send(notification)
+            outcomes.append((notification["id"], "sent", None))
+        except DeliveryFailed as exc:
+            give_up = exc.permanent or final_attempt
+            outcomes.append((notification["id"], "failed" if give_up else "retry", str(exc)))
+            logger.warning("delivery failed", extra={"notification_id": str(notification["id"]),
+                                                      "channel": notification["channel"], "error": str(exc),
+                                                      "permanent": exc.permanent, "final": give_up})
+            if not give_up:
+                retry.append(notification["id"])
+    if outcomes:
+        _run(repository.record, outcomes=outcomes)
+    if retry:
+        raise DeliveryPending(f"{len(retry)} notification(s) to retry")
+
+
+def list_notifications(*, user_id: uuid.UUID, limit: int = 20, cursor: str | None = None) -> dict:
+    rows = _run(repository.list_for_user, user_id=user_id, limit=limit, before=pagination.decode(cursor))
+    return pagination.page(rows, limit)
+
+
+def delivery_history(*, notification_id: uuid.UUID) -> list[dict]:
+    return _run(repository.attempts_of, notification_id=notification_id)
