@@ -37,6 +37,12 @@ def celery_config(settings: Settings) -> dict:
             "visibility_timeout": visibility_timeout,
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
+            # A web request publishing after commit must not wait seconds for a broker
+            # that is down: fail fast and leave the event to the outbox sweep.
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.1,
+            "interval_max": 0.2,
         },
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
