@@ -247,7 +247,10 @@ def _run_procfile(env: dict[str, str], signals: _Signals, urls: dict[str, str]) 
                     logger.info("ready: %s", "  ".join(f"{name} {url}" for name, url in urls.items()))
                 elif now >= slow_after:
                     slow_after = float("inf")
-                    logger.warning("the gateway is still not ready; its /ready says why", extra={"url": urls["gateway"] + "/ready"})
+                    logger.warning(
+                        "the gateway is still not ready; its /ready says why",
+                        extra={"url": urls["gateway"] + "/ready"},
+                    )
     finally:
         if proc.poll() is None:  # an exception in this loop: do not leave honcho behind
             _stop_child(proc, timeout=15.0)
@@ -287,7 +290,8 @@ def _run(env: dict[str, str], data_dir: Path, signals: _Signals, servers: list) 
         return returncode or 0
     if env.get("ADMIN_EMAIL") and env.get("ADMIN_PASSWORD"):
         returncode = _run_step(
-            [sys.executable, "-m", "app", "create-admin", "--email", env["ADMIN_EMAIL"], "--password", env["ADMIN_PASSWORD"]],
+            [sys.executable, "-m", "app", "create-admin",
+             "--email", env["ADMIN_EMAIL"], "--password", env["ADMIN_PASSWORD"]],
             child_env,
             signals,
             what="create-admin",
