@@ -90,6 +90,7 @@ _DETAILS = {
     413: "the request body is larger than 1 MiB",
     415: "the request body must be application/json",
     422: "the request body failed validation",
+    429: "too many requests; retry after the number of seconds in Retry-After",
 }
 
 

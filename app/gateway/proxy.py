@@ -1,69 +1,29 @@
-"""Forwarding requests to upstream services over pooled HTTP connections.
+"""The gateway's routes: authenticate, rate-limit and forward /api/... to the services.
 
-urllib3's PoolManager is thread-safe and keeps connections alive per upstream;
-connection failures are retried once for any method (nothing was sent), read
-failures only for idempotent methods. Down -> 503, timeout -> 504 problem.
+Down -> 503, timeout -> 504, open circuit -> 503 with Retry-After, all problem+json.
 """
 from __future__ import annotations
 
 import logging
 
-import urllib3
+import pybreaker
 from flask import Flask, Response, g, request
 from flask_jwt_extended import verify_jwt_in_request
-from urllib3.exceptions import (
-    MaxRetryError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-    ConnectTimeoutError,
-)
 
 from app.errors import problem
+from app.gateway import limits, views
 from app.gateway.routes import resolve
+from app.gateway.upstreams import UpstreamDown, Upstreams
 from config.settings import Settings
-from services.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
 # Request headers passed upstream; everything else (hop-by-hop, Host, cookies) stays here.
 FORWARD_REQUEST = (
-    "Authorization", "Content-Type", "Accept", "Idempotency-Key", "traceparent", "tracestate",
-    "User-Agent",
+    "Authorization", "Content-Type", "Accept", "Idempotency-Key", "traceparent", "tracestate", "User-Agent",
 )
-DROP_RESPONSE = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-
-
-class Upstreams:
-    """Where each service is. A registry-backed lookup replaces ``url_for`` later."""
-
-    def __init__(self, settings: Settings):
-        self.urls = dict(settings.service_urls)
-        self.http = urllib3.PoolManager(
-            num_pools=16,
-            maxsize=32,
-            timeout=urllib3.Timeout(
-                connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout
-            ),
-            retries=urllib3.Retry(
-                total=1, connect=1, read=1, status=0, other=0, allowed_methods=IDEMPOTENT,
-                raise_on_status=False, raise_on_redirect=False, redirect=0,
-            ),
-        )
-
-    def url_for(self, service: str) -> str:
-        return self.urls[service]
-
-    def health(self, service: str) -> None:
-        try:
-            response = self.http.request(
-                "GET", self.url_for(service) + "/health", timeout=urllib3.Timeout(total=1.0), retries=False
-            )
-        except urllib3.exceptions.HTTPError:
-            raise Unavailable(f"{service} is unreachable") from None
-        if response.status != 200:
-            raise Unavailable(f"{service} answered {response.status}")
+DROP_RESPONSE = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date",
+                 "content-type", "x-request-id"}
 
 
 def init_app(app: Flask, settings: Settings, ready_checks: dict) -> None:
@@ -71,10 +31,14 @@ def init_app(app: Flask, settings: Settings, ready_checks: dict) -> None:
     app.extensions["upstreams"] = upstreams
     for service in settings.gateway_services:
         ready_checks[f"upstream:{service}"] = lambda s=service: upstreams.health(s)
+    limiter = limits.init_app(app, settings)
+    views.init_app(app, settings, upstreams)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
     @app.route("/api/<path:subpath>", methods=methods)
+    @limiter.limit(settings.rate_limit_login, key_func=limits.login_key,
+                   exempt_when=lambda: request.path != "/api/auth/login", override_defaults=False)
     def forward(subpath: str):
         path = request.path
         route = resolve(path)
@@ -86,9 +50,8 @@ def init_app(app: Flask, settings: Settings, ready_checks: dict) -> None:
 
 
 def _forward(upstreams: Upstreams, service: str, path: str) -> Response:
-    url = upstreams.url_for(service) + path
     if request.query_string:
-        url += "?" + request.query_string.decode("latin-1")
+        path += "?" + request.query_string.decode("latin-1")
     headers = {name: request.headers[name] for name in FORWARD_REQUEST if name in request.headers}
     headers["X-Request-ID"] = g.request_id
     forwarded_for = request.headers.get("X-Forwarded-For")
@@ -97,27 +60,17 @@ def _forward(upstreams: Upstreams, service: str, path: str) -> Response:
     )
     body = request.get_data(cache=False) if request.method not in ("GET", "HEAD") else None
     try:
-        upstream = upstreams.http.request(
-            request.method, url, body=body, headers=headers, preload_content=True
-        )
-    except MaxRetryError as exc:
-        return _failure(service, exc.reason)
-    except (ReadTimeoutError, ConnectTimeoutError, NewConnectionError, ProtocolError) as exc:
-        return _failure(service, exc)
-    response = Response(
-        upstream.data, status=upstream.status, content_type=upstream.headers.get("Content-Type")
-    )
+        upstream = upstreams.request(service, request.method, path, body=body, headers=headers)
+    except pybreaker.CircuitBreakerError:
+        return problem(503, f"the {service} service is unavailable, retry later",
+                       headers={"Retry-After": str(upstreams.retry_after(service))})
+    except UpstreamDown as exc:
+        if str(exc) == "timeout":
+            logger.warning("upstream timed out", extra={"upstream": service})
+            return problem(504, f"the {service} service did not answer in time")
+        return problem(503, f"the {service} service is unavailable, retry later", headers={"Retry-After": "1"})
+    response = Response(upstream.data, status=upstream.status, content_type=upstream.headers.get("Content-Type"))
     for name, value in upstream.headers.items():
-        if name.lower() not in DROP_RESPONSE | {"content-type", "x-request-id"}:
+        if name.lower() not in DROP_RESPONSE:
             response.headers.add(name, value)
     return response
-
-
-def _failure(service: str, reason: BaseException | None) -> Response:
-    if isinstance(reason, ReadTimeoutError):
-        logger.warning("upstream timed out", extra={"upstream": service})
-        return problem(504, f"the {service} service did not answer in time")
-    logger.warning("upstream unavailable", extra={"upstream": service, "error": type(reason).__name__})
-    return problem(
-        503, f"the {service} service is unavailable, retry later", headers={"Retry-After": "1"}
-    )

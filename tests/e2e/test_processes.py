@@ -50,16 +50,18 @@ def test_sigterm_under_load_fails_no_accepted_request(rt, base_env):
                     refused["connection"] += 1  # not accepted: the listener is closing
                     time.sleep(0.01)
 
-        threads = [threading.Thread(target=load) for _ in range(16)]
+        threads = [threading.Thread(target=load, daemon=True) for _ in range(16)]
         for t in threads:
             t.start()
-        time.sleep(1.5)
-        served_before = sum(statuses.values())
-        server.proc.send_signal(signal.SIGTERM)
-        assert server.proc.wait(30) == 0
-        stop.set()
-        for t in threads:
-            t.join(15)
+        try:
+            time.sleep(1.5)
+            served_before = sum(statuses.values())
+            server.proc.send_signal(signal.SIGTERM)
+            assert server.proc.wait(30) == 0, server.log()[-3000:]
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(15)
         assert served_before > 50
         assert set(statuses) == {200}, (statuses, server.log()[-3000:])
         assert "Traceback" not in server.log()
