@@ -40,6 +40,7 @@ def cmd_create_admin(args) -> int:
     from services.users import service
 
     settings = _setup("create-admin")
+    args.password = args.password or (str(settings.admin_password) if settings.admin_password else "")
     if len(args.password) < 8:
         logger.error("the admin password must be at least 8 characters")
         return 2
@@ -100,7 +101,7 @@ def cmd_seed(args) -> int:
         created = demo.seed_catalog()
     finally:
         runtime.stop()
-    logger.info("demo catalog ready", extra={"created": created})
+    logger.info("demo catalog ready", extra={"products_created": created})
     return 0
 
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="create the schemas and apply pending migrations")
     admin = sub.add_parser("create-admin", help="create an admin (or promote that email to admin)")
     admin.add_argument("--email", required=True)
-    admin.add_argument("--password", required=True)
+    admin.add_argument("--password", help="default: ADMIN_PASSWORD from the environment")
     sub.add_parser("run", help="start the whole system (embedded servers when no URLs are set)")
     sub.add_parser("seed", help="add the demo catalog (about 20 products) if it is not there")
     dead = sub.add_parser("dead-letters", help="show or redrive messages whose tasks gave up")

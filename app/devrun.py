@@ -191,7 +191,9 @@ def _endpoints(settings) -> dict[str, str]:
         if name in settings.ports:
             urls[name] = f"http://127.0.0.1:{settings.ports[name]}"
         elif name == "flower":
-            urls[name] = f"http://127.0.0.1:{FLOWER_PORT}"
+            urls[name] = f"http://127.0.0.1:{FLOWER_PORT} (user and password: FLOWER_BASIC_AUTH)"
+        elif name == "mail":
+            urls[name] = f"smtp://127.0.0.1:{settings.smtp_port} (received mail: OMS_DATA_DIR/mail)"
     return urls
 
 
@@ -289,13 +291,17 @@ def _run(env: dict[str, str], data_dir: Path, signals: _Signals, servers: list) 
     if returncode != 0:
         return returncode or 0
     if env.get("ADMIN_EMAIL") and env.get("ADMIN_PASSWORD"):
+        # The password travels in the environment (ADMIN_PASSWORD), not on a command line.
         returncode = _run_step(
-            [sys.executable, "-m", "app", "create-admin",
-             "--email", env["ADMIN_EMAIL"], "--password", env["ADMIN_PASSWORD"]],
+            [sys.executable, "-m", "app", "create-admin", "--email", env["ADMIN_EMAIL"]],
             child_env,
             signals,
             what="create-admin",
         )
+        if returncode != 0:
+            return returncode or 0
+    if env.get("SEED_DEMO", "1").strip().lower() not in ("0", "false", "no", "off"):
+        returncode = _run_step([sys.executable, "-m", "app", "seed"], child_env, signals, what="demo catalog")
         if returncode != 0:
             return returncode or 0
 

