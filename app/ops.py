@@ -66,6 +66,7 @@ def register(app: Flask, *, service: str, ready_checks: dict[str, Callable[[], N
         if route not in ("/metrics", "/health"):
             metrics.REQUESTS.labels(service, request.method, route, response.status_code).inc()
             metrics.LATENCY.labels(service, request.method, route).observe(elapsed)
+            metrics.observe_pool(service)
         logger.info(
             "request",
             extra={
@@ -102,7 +103,7 @@ def register(app: Flask, *, service: str, ready_checks: dict[str, Callable[[], N
 
     @ops.get("/metrics")
     def prometheus():
-        body, content_type = metrics.render()
+        body, content_type = metrics.render(service)
         return Response(body, content_type=content_type)
 
     app.register_blueprint(ops)

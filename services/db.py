@@ -79,6 +79,7 @@ class Database:
         self._stack = ExitStack()
         self._lock = threading.Lock()
         self._closed = False
+        self.inflight = 0  # bridged calls in progress; above max_size they wait for a connection
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> "Database":
@@ -164,6 +165,7 @@ class Database:
         if portal is None or self._closed:
             raise Unavailable("database bridge is closed")
         deadline = self.timeout if timeout is None else timeout
+        self.inflight += 1  # a gauge, not an invariant: unlocked increments are fine
         try:
             return portal.call(self._with_deadline, functools.partial(fn, *args, **kwargs), deadline)
         except TimeoutError:
@@ -179,6 +181,8 @@ class Database:
                 logger.warning("database unavailable: %s", type(exc).__name__)
                 raise Unavailable("database is unavailable") from None
             raise
+        finally:
+            self.inflight -= 1
 
     @staticmethod
     async def _with_deadline(call, deadline):
