@@ -16,6 +16,9 @@ def create_app(service: str, settings: Settings | None = None) -> Flask:
     from config import logging as logging_config
 
     logging_config.configure(service=service, level=settings.log_level, fmt=settings.log_format)
+    from config import tracing
+
+    tracing.configure(service)
 
     from flask_smorest import Api
 
@@ -53,6 +56,8 @@ def create_app(service: str, settings: Settings | None = None) -> Flask:
 
         runtime.set_publisher(publish)  # committed outbox events go to Celery right away
     ops.register(app, service=service, ready_checks=ready_checks)
+    tracing.instrument_flask(app)
+    tracing.instrument_celery()  # trace context into the tasks this process publishes
     return app
 
 

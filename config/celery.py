@@ -6,6 +6,9 @@ import os
 from config.settings import Settings
 
 
+QUEUES = ("default", "inventory", "orders", "notifications", "outbox")
+
+
 def broker_url(redis_url: str) -> str:
     """kombu spells a Redis unix socket ``redis+socket://``; redis-py spells it ``unix://``."""
     if redis_url.startswith("unix://"):
@@ -47,4 +50,6 @@ def celery_config(settings: Settings) -> dict:
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
         "task_default_queue": "default",
+        # Tasks are named <domain>.<verb>; each domain has its queue.
+        "task_routes": {f"{queue}.*": {"queue": queue} for queue in QUEUES if queue != "default"},
     }

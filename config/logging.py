@@ -13,6 +13,13 @@ import structlog
 _configured = False
 
 
+def _trace_ids(_, __, event: dict) -> dict:
+    from config.tracing import current_ids
+
+    event.update(current_ids())
+    return event
+
+
 def configure(*, service: str, level: str = "INFO", fmt: str = "console") -> None:
     global _configured
     if _configured:
@@ -25,6 +32,7 @@ def configure(*, service: str, level: str = "INFO", fmt: str = "console") -> Non
         structlog.stdlib.ExtraAdder(),
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         lambda _, __, event: {"service": service, **event},
+        _trace_ids,
     ]
     renderer = (
         structlog.processors.JSONRenderer()

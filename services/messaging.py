@@ -13,16 +13,23 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from opentelemetry import propagate
 from pgdbm import AsyncDatabaseManager
 
 
 async def add_event(tx, *, event_type: str, aggregate_id: uuid.UUID | None, payload: dict,
                     headers: dict | None = None) -> dict:
-    """Write an event to this schema's outbox inside the caller's transaction."""
+    """Write an event to this schema's outbox inside the caller's transaction.
+
+    The current trace context goes into the row's headers, so whoever publishes
+    the event later (right after commit, or the sweep) continues the same trace.
+    """
+    headers = dict(headers or {})
+    propagate.inject(headers)
     row = await tx.fetch_one(
         "INSERT INTO {{tables.outbox}} (event_type, aggregate_id, payload, headers) "
         "VALUES ($1, $2, $3, $4) RETURNING id, event_type, payload, headers, created_at",
-        event_type, aggregate_id, json.dumps(payload, default=str), json.dumps(headers or {}),
+        event_type, aggregate_id, json.dumps(payload, default=str), json.dumps(headers),
     )
     return envelope(row)
 

@@ -107,6 +107,8 @@ def base_env(database_url, redis_url):
         PYTHONPATH=str(ROOT),
         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     )
+    # Code imported by this process (the Celery app, settings) reads the same servers.
+    os.environ.update(DATABASE_URL=database_url, REDIS_URL=redis_url)
     return env
 
 

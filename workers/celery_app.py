@@ -39,8 +39,13 @@ def _logging(**_):
 
 @worker_process_init.connect
 def _start_runtime(**_):
+    from config import tracing
     from services import runtime
     from services.errors import Unavailable
+
+    # After fork, as the OpenTelemetry Celery instrumentation asks.
+    tracing.configure(os.environ.get("SERVICE_NAME", "worker"))
+    tracing.instrument_celery()
 
     try:
         runtime.start(settings, name=os.environ.get("SERVICE_NAME", "worker"))

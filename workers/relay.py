@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 
 from kombu.exceptions import KombuError
+from opentelemetry import context, propagate
 
 from services import messaging, runtime
 
@@ -48,22 +49,30 @@ def send_events(events: list[dict], *, retry: bool = False) -> list[str]:
     delay = runtime.get().settings.fulfilment_delay_seconds
     sent = []
     for event in events:
+        # Publish inside the trace the event was written in (the sweep has its own).
+        token = context.attach(propagate.extract(event.get("headers") or {}))
         try:
             for route in ROUTES.get(event["type"], ()):
                 app.send_task(
                     route.task, args=[event], queue=route.queue,
-                    countdown=delay if route.delayed and delay > 0 else None,
-                    retry=retry, headers=event.get("headers") or None,
+                    countdown=delay if route.delayed and delay > 0 else None, retry=retry,
                 )
         except _PUBLISH_ERRORS as exc:
             logger.warning("publish failed; the sweep will retry", extra={"event_id": event["id"], "error": str(exc)})
             break
+        finally:
+            context.detach(token)
         sent.append(event["id"])
     return sent
 
 
 def publish(schema: str, events: list[dict]) -> None:
-    sent = send_events(events)
+    """After commit: publish now if we can. Nothing here may fail the committed request."""
+    try:
+        sent = send_events(events)
+    except Exception:
+        logger.error("publishing failed unexpectedly; the sweep will retry", exc_info=True)
+        return
     if sent:
         db = runtime.db()
         try:

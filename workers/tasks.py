@@ -47,7 +47,8 @@ class DomainTask(Task):
 
 
 def task(name: str, queue: str):
-    return app.task(name=name, base=DomainTask, queue=queue)
+    # Queues come from task_routes (config/celery.py); ``queue`` documents it here.
+    return app.task(name=name, base=DomainTask)
 
 
 # Events a task's transaction emits are published by the service right after commit.
@@ -84,7 +85,7 @@ def expire_reservations() -> int:
     return orders.expire_reservations()
 
 
-@app.task(name="notifications.notify", base=DomainTask, queue="notifications", bind=True)
+@app.task(name="notifications.notify", base=DomainTask, bind=True)
 def notify(self, event: dict) -> None:
     notifications.notify(event=event, final_attempt=self.request.retries >= self.max_retries)
 

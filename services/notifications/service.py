@@ -5,11 +5,14 @@ import logging
 import threading
 import uuid
 
+from opentelemetry import trace
+
 from services import pagination, runtime
 from services.notifications import repository, templates, transports
 from services.notifications.errors import DeliveryFailed, DeliveryPending
 
 logger = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 SCHEMA = "notifications"
 
 _transports: dict | None = None
@@ -77,7 +80,8 @@ def notify(*, event: dict, final_attempt: bool = False) -> None:
     outcomes, retry = [], []
     for notification in pending:
         try:
-            transports_()[notification["channel"]].send(notification)
+            with _tracer.start_as_current_span(f"notifications.send {notification['channel']}"):
+                transports_()[notification["channel"]].send(notification)
             outcomes.append((notification["id"], "sent", None))
         except DeliveryFailed as exc:
             give_up = exc.permanent or final_attempt

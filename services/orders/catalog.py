@@ -69,16 +69,17 @@ class Catalog:
         return {uuid.UUID(p["id"]): p for p in json.loads(response.data)["items"]}
 
 
-_catalog: Catalog | None = None
+_catalogs: dict[str, Catalog] = {}
 _lock = threading.Lock()
 
 
 def catalog(settings) -> Catalog:
-    global _catalog
+    """This process's client (and breaker) for the inventory service at the configured URL."""
+    url = settings.service_urls["inventory"]
     with _lock:
-        if _catalog is None:
-            _catalog = Catalog(
-                base_url=settings.service_urls["inventory"], timeout=settings.inventory_timeout,
+        if url not in _catalogs:
+            _catalogs[url] = Catalog(
+                base_url=url, timeout=settings.inventory_timeout,
                 fail_max=settings.inventory_breaker_fail_max, reset_timeout=settings.inventory_breaker_reset,
             )
-        return _catalog
+        return _catalogs[url]

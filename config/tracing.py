@@ -1,0 +1,64 @@
+"""OpenTelemetry, configured once per process: Flask, urllib3, Celery and asyncpg spans.
+
+The trace context travels gateway -> service (traceparent header) -> outbox row
+(its ``headers``) -> Celery task (message headers) -> the next outbox row, so one
+order is one trace. Spans are exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT
+is set, and nowhere otherwise (the context still propagates and reaches the logs).
+"""
+from __future__ import annotations
+
+import os
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+
+_provider: TracerProvider | None = None
+
+
+def configure(service: str, *, exporter: SpanExporter | None = None) -> TracerProvider:
+    """Install the tracer provider and the client-side instrumentations (idempotent)."""
+    global _provider
+    if _provider is not None:
+        if exporter is not None:
+            _provider.add_span_processor(SimpleSpanProcessor(exporter))
+        return _provider
+    name = os.environ.get("OTEL_SERVICE_NAME") or f"oms-{service}"
+    _provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    if exporter is not None:
+        _provider.add_span_processor(SimpleSpanProcessor(exporter))
+    elif os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(_provider)
+
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
+
+    URLLib3Instrumentor().instrument()
+    AsyncPGInstrumentor().instrument()
+    return _provider
+
+
+def instrument_flask(app) -> None:
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+    FlaskInstrumentor().instrument_app(app, excluded_urls="health,ready,metrics")
+
+
+def instrument_celery() -> None:
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    instrumentor = CeleryInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
+
+
+def current_ids() -> dict:
+    """trace_id and span_id of the current span, for log lines."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {"trace_id": format(context.trace_id, "032x"), "span_id": format(context.span_id, "016x")}
