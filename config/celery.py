@@ -16,10 +16,22 @@ def broker_url(redis_url: str) -> str:
     return redis_url
 
 
+def _rabbitmq(config: dict) -> dict:
+    """RabbitMQ as broker: quorum queues (replicated, poison-message limits) and
+    publisher confirms, as Celery documents them; the Redis-only options go away."""
+    from kombu import Queue
+
+    config["task_queues"] = [Queue(q, routing_key=q, queue_arguments={"x-queue-type": "quorum"}) for q in QUEUES]
+    config["worker_detect_quorum_queues"] = True
+    config["broker_transport_options"] = {"confirm_publish": True, "max_retries": 1, "interval_start": 0,
+                                          "interval_step": 0.1, "interval_max": 0.2}
+    return config
+
+
 def celery_config(settings: Settings) -> dict:
     url = os.environ.get("CELERY_BROKER_URL") or broker_url(settings.redis_url)
     visibility_timeout = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600"))
-    return {
+    config = {
         "broker_url": url,
         "result_backend": None,  # PostgreSQL is the source of truth, not task results
         "task_ignore_result": True,
@@ -53,3 +65,4 @@ def celery_config(settings: Settings) -> dict:
         # Tasks are named <domain>.<verb>; each domain has its queue.
         "task_routes": {f"{queue}.*": {"queue": queue} for queue in QUEUES if queue != "default"},
     }
+    return _rabbitmq(config) if url.startswith(("amqp://", "amqps://", "pyamqp://")) else config
