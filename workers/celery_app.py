@@ -13,12 +13,14 @@ from celery.signals import setup_logging, worker_process_init, worker_process_sh
 
 from config.celery import celery_config
 from config.settings import settings_or_exit
+from workers.liveness import LivenessFile
 
 logger = logging.getLogger(__name__)
 
 settings = settings_or_exit()
 app = Celery("oms", include=["workers.tasks"])
 app.conf.update(celery_config(settings))
+app.steps["worker"].add(LivenessFile)
 app.conf.beat_schedule = {
     "outbox-sweep": {"task": "outbox.sweep", "schedule": settings.outbox_sweep_seconds,
                      "options": {"queue": "outbox", "expires": settings.outbox_sweep_seconds * 2}},

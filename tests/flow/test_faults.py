@@ -233,3 +233,16 @@ def test_a_task_that_gives_up_is_a_dead_letter_that_can_be_redriven(rt, stack_en
         assert _cli(env, "dead-letters", "retry", str(uuid.uuid4())).returncode == 1
     finally:
         worker.stop()
+
+
+def test_a_running_worker_keeps_its_liveness_file_fresh(stack_env, own_broker, tmp_path):
+    alive = tmp_path / "alive"
+    env = {**stack_env, "CELERY_BROKER_URL": own_broker}
+    worker = Worker(env, concurrency=1, WORKER_LIVENESS_FILE=str(alive), WORKER_LIVENESS_INTERVAL="0.5")
+    try:
+        probe = [PYTHON, "-m", "workers.liveness", str(alive), "--max-age", "5"]
+        assert subprocess.run(probe, cwd=ROOT, env=env).returncode == 0
+    finally:
+        worker.stop()
+    assert subprocess.run([PYTHON, "-m", "workers.liveness", str(alive)], cwd=ROOT, env=env,
+                          capture_output=True).returncode == 1
