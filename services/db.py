@@ -49,6 +49,10 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, QueryError) and cause is not None and is_outage(cause)
 
 
+async def _keep_session(connection) -> None:
+    """Pool reset hook: nothing to undo (see Database._create_pool)."""
+
+
 class Database:
     """The per-process loop, pool and schema managers. Create after fork; close after serving."""
 
@@ -116,7 +120,16 @@ class Database:
             server_settings={"application_name": self.application_name},
             retry_attempts=1,
         )
-        return await AsyncDatabaseManager.create_shared_pool(config)
+        pool = await AsyncDatabaseManager.create_shared_pool(config)
+        # asyncpg sends a reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL)
+        # each time a connection goes back to the pool: one more round trip and one more
+        # transaction per unit of work. Nothing of ours leaves session state behind (no
+        # SET, LISTEN, cursors or unreleased advisory locks; open transactions are still
+        # rolled back by asyncpg), so we skip it. pgdbm does not pass asyncpg's ``reset=``
+        # argument through, hence the attribute.
+        if hasattr(pool, "_reset"):
+            pool._reset = _keep_session
+        return pool
 
     def close(self) -> None:
         """Close the pool, then stop the loop. Call only once the process stopped serving."""

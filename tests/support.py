@@ -102,8 +102,20 @@ def stock_ledger(rt, product_ids: list[str]) -> dict[str, dict]:
     return rt.db.run(read, rt.db.manager("inventory"), rt.db.manager("orders"))
 
 
-def assert_conserved(rt, product_ids: list[str]) -> None:
-    """Initial stock = on_hand + fulfilled quantities; nothing left reserved."""
-    for pid, s in stock_ledger(rt, product_ids).items():
+def assert_conserved(rt, product_ids: list[str], timeout: float = 30.0) -> None:
+    """Initial stock = on_hand + fulfilled quantities; nothing left reserved.
+
+    Stock follows orders by one message (commit/release after fulfilled/cancelled), so
+    this waits for the last ones to land before it judges.
+    """
+    def settled():
+        ledger = stock_ledger(rt, product_ids)
+        return ledger if all(s["reserved"] == 0 for s in ledger.values()) else None
+
+    try:
+        ledger = wait_for(settled, timeout=timeout, what="reserved stock to settle")
+    except AssertionError:
+        ledger = stock_ledger(rt, product_ids)
+    for pid, s in ledger.items():
         assert s["reserved"] == 0, (pid, s)
         assert s["stocked"] == s["on_hand"] + s["fulfilled"], (pid, s)

@@ -151,16 +151,26 @@ async def cancel(db, *, order_id: uuid.UUID, user_id: uuid.UUID, is_admin: bool)
 
 
 async def apply_reservation(db, *, event_id: str, order_id: uuid.UUID, reserved: bool,
-                            reason: str | None) -> dict | None:
+                            reason: str | None, fulfil_now: bool) -> list[dict]:
+    """pending -> reserved (and, with no fulfilment delay, -> fulfilled) or rejected."""
     async with db.transaction() as tx:
         if not await messaging.first_delivery(tx, event_id=event_id, consumer="orders.apply_reservation"):
-            return None
+            return []
         result = await _transition(
             tx, order_id=order_id, to="reserved" if reserved else "rejected",
             reason=None if reserved else reason, from_=("pending",),
             event_type=events.RESERVED if reserved else events.REJECTED,
         )
-        return result[1] if result else None
+        if result is None:
+            return []
+        emitted = [result[1]]
+        if reserved and fulfil_now:
+            # No delay to wait for: fulfil in the same transaction instead of one more
+            # task and transaction (history still shows reserved, then fulfilled).
+            fulfilled = await _transition(tx, order_id=order_id, to="fulfilled", reason=None,
+                                          from_=("reserved",), event_type=events.FULFILLED)
+            emitted.append(fulfilled[1])
+        return emitted
 
 
 async def fulfil(db, *, event_id: str, order_id: uuid.UUID) -> dict | None:

@@ -84,8 +84,9 @@ def cancel_order(*, order_id: uuid.UUID, user_id: uuid.UUID, is_admin: bool = Fa
 def apply_reservation(*, event: dict) -> None:
     payload = event["payload"]
     reserved = event["type"] == "inventory.reserved"
-    _publish(_run(repository.apply_reservation, event_id=event["id"], order_id=uuid.UUID(payload["order_id"]),
-                  reserved=reserved, reason=payload.get("reason")))
+    _publish(*_run(repository.apply_reservation, event_id=event["id"], order_id=uuid.UUID(payload["order_id"]),
+                   reserved=reserved, reason=payload.get("reason"),
+                   fulfil_now=runtime.get().settings.fulfilment_delay_seconds <= 0))
 
 
 def fulfil_order(*, event: dict) -> None:
