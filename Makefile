@@ -8,11 +8,12 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test migrate clean-data
+.PHONY: help venv run test bench migrate clean-data
 
 help:
 	@echo "make run         start everything (embedded PostgreSQL/Redis unless DATABASE_URL/REDIS_URL are set)"
 	@echo "make test        run the tests (PYTEST_ARGS='-k users -x' to pass arguments)"
+	@echo "make bench       benchmarks: start the system, load it, write bench/results/<time>.{json,md}"
 	@echo "make migrate     apply pending migrations to DATABASE_URL"
 	@echo "make clean-data  stop leftover embedded servers and delete var/"
 
@@ -31,6 +32,19 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m pytest $(PYTEST_ARGS)
+
+BENCH_STAMP := $(VENV)/.installed-bench
+BENCH_ARGS ?=
+
+$(BENCH_STAMP): requirements-bench.txt requirements.txt | $(VPY)
+	$(VPY) -m pip install --disable-pip-version-check -q -r requirements-bench.txt
+	touch $@
+
+# wrk measures raw HTTP throughput (a Python load generator would eat a core).
+bench: $(STAMP) $(BENCH_STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || \
+		{ echo "wrk is needed: apt-get install wrk"; exit 1; }
+	$(VPY) -m bench $(BENCH_ARGS)
 
 migrate: $(STAMP)
 	$(VPY) -m app migrate

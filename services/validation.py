@@ -1,7 +1,7 @@
 """Marshmallow pieces every domain's schemas share."""
 from __future__ import annotations
 
-from marshmallow import ValidationError, fields
+from marshmallow import Schema, ValidationError, fields, validate
 
 
 def _no_control_characters(value: str) -> None:
@@ -20,3 +20,10 @@ class Text(fields.String):
         elif callable(validators):
             validators = [validators]
         super().__init__(*args, validate=[_no_control_characters, *validators], **kwargs)
+
+
+class PageQuerySchema(Schema):
+    """``?limit=`` (1..100, default 20) and ``?cursor=`` of every list endpoint."""
+
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = Text(load_default=None)

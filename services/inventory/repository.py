@@ -172,18 +172,20 @@ async def reserve(db, *, event_id: str, order_id: uuid.UUID, lines: list[dict], 
         )
 
 
-async def _held_lines(tx, order_id: uuid.UUID) -> list[dict] | None:
+async def _held_lines(tx, order_id: uuid.UUID) -> tuple[list, list] | None:
+    """Lock a held reservation and its products (in id order); (product ids, quantities)."""
     status = await tx.fetch_value(
         "SELECT status FROM {{tables.reservations}} WHERE order_id = $1 FOR UPDATE", order_id
     )
     if status != "held":
         return None
-    return await tx.fetch_all(
+    lines = await tx.fetch_all(
         "SELECT l.product_id, l.quantity FROM {{tables.reservation_lines}} l "
         "JOIN {{tables.products}} p ON p.id = l.product_id WHERE l.order_id = $1 ORDER BY l.product_id "
         "FOR UPDATE OF p",
         order_id,
     )
+    return [l["product_id"] for l in lines], [l["quantity"] for l in lines]
 
 
 async def commit(db, *, event_id: str, order_id: uuid.UUID) -> bool:
@@ -191,10 +193,10 @@ async def commit(db, *, event_id: str, order_id: uuid.UUID) -> bool:
     async with db.transaction() as tx:
         if not await messaging.first_delivery(tx, event_id=event_id, consumer="inventory.commit"):
             return False
-        lines = await _held_lines(tx, order_id)
-        if lines is None:
+        held = await _held_lines(tx, order_id)
+        if held is None:
             return False
-        ids, qtys = [l["product_id"] for l in lines], [l["quantity"] for l in lines]
+        ids, qtys = held
         await tx.execute(
             "UPDATE {{tables.products}} p SET on_hand = p.on_hand - w.q, reserved = p.reserved - w.q, "
             "updated_at = now() FROM unnest($1::uuid[], $2::int[]) AS w(id, q) WHERE p.id = w.id",
@@ -224,10 +226,10 @@ async def release(db, *, event_id: str, order_id: uuid.UUID, reason: str) -> dic
         )
         if inserted:
             return None  # nothing was held; a late reserve will find the tombstone
-        lines = await _held_lines(tx, order_id)
-        if lines is None:
+        held = await _held_lines(tx, order_id)
+        if held is None:
             return None
-        ids, qtys = [l["product_id"] for l in lines], [l["quantity"] for l in lines]
+        ids, qtys = held
         await tx.execute(
             "UPDATE {{tables.products}} p SET reserved = p.reserved - w.q, updated_at = now() "
             "FROM unnest($1::uuid[], $2::int[]) AS w(id, q) WHERE p.id = w.id",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from services.validation import Text
+from services.validation import PageQuerySchema, Text
 from webargs.fields import DelimitedList
 
 _CURRENCY = validate.Regexp(r"^[A-Z]{3}$", error="must be an ISO 4217 code such as USD")
@@ -34,9 +34,7 @@ class StockAdjustSchema(Schema):
     reason = Text(required=True, validate=validate.Length(min=1, max=200))
 
 
-class ProductQuerySchema(Schema):
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    cursor = Text(load_default=None)
+class ProductQuerySchema(PageQuerySchema):
     ids = DelimitedList(fields.UUID(), validate=validate.Length(max=100))
 
 

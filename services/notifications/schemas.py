@@ -1,12 +1,10 @@
 """Marshmallow schemas of the notifications API."""
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, fields
 
-from services.validation import Text
+from services.validation import PageQuerySchema
 
 
-class ListQuerySchema(Schema):
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    cursor = Text(load_default=None)
+ListQuerySchema = PageQuerySchema
 
 
 class NotificationSchema(Schema):

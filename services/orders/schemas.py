@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from services.validation import Text
+from services.validation import PageQuerySchema
 
 
 class LineSchema(Schema):
@@ -23,9 +23,7 @@ class PlaceOrderSchema(Schema):
             seen.add(line["product_id"])
 
 
-class ListQuerySchema(Schema):
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    cursor = Text(load_default=None)
+ListQuerySchema = PageQuerySchema
 
 
 class ItemSchema(Schema):

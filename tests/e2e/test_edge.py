@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import time
-import uuid
 
 import pytest
 import redis

@@ -18,30 +18,13 @@ import pytest
 from tests.conftest import PYTHON, ROOT, Live, Worker, free_port
 from tests.support import (
     Api,
-    admin_token,
     assert_conserved,
     create_product,
     place,
-    register,
     stock_ledger,
     wait_for,
     wait_terminal,
 )
-
-
-@pytest.fixture(scope="module")
-def gateway(live_gateway):
-    return Api(live_gateway.url)
-
-
-@pytest.fixture(scope="module")
-def admin(gateway):
-    return admin_token(gateway)
-
-
-@pytest.fixture
-def customer(gateway):
-    return register(gateway)["access_token"]
 
 
 @pytest.fixture

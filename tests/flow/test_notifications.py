@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import Live, MailSink, Worker, free_port
+from tests.conftest import MailSink, free_port
 from tests.support import Api, admin_token, create_product, place, register, wait_for, wait_terminal
 
 

@@ -9,7 +9,6 @@ import pytest
 
 from tests.support import (
     Api,
-    admin_token,
     assert_conserved,
     create_product,
     place,
@@ -23,16 +22,6 @@ from tests.support import (
 @pytest.fixture(scope="module")
 def api(live_gateway, live_worker):
     return Api(live_gateway.url)
-
-
-@pytest.fixture(scope="module")
-def admin(api):
-    return admin_token(api)
-
-
-@pytest.fixture
-def customer(api):
-    return register(api)["access_token"]
 
 
 def test_an_order_is_reserved_then_fulfilled_and_stock_leaves(api, admin, customer):

@@ -6,7 +6,6 @@ on a broker database of its own) so an in-memory exporter sees every span.
 from __future__ import annotations
 
 import threading
-import uuid
 from dataclasses import replace
 
 import pytest
