@@ -1,0 +1,43 @@
+"""Baseline (c): a bare Celery chain with as many hops as one order causes, trivial task bodies.
+
+Same broker and settings as the real workers (``config.celery.celery_config``);
+queues are the pipeline's with a ``bench-`` prefix so the two never mix. The last
+hop counts the finished chain in Redis. ``celery -A bench.chain_app:app worker``.
+"""
+from __future__ import annotations
+
+import os
+
+import redis
+from celery import Celery
+
+from config.celery import celery_config
+from config.settings import load_settings
+
+DONE_KEY = "bench:chain:done"
+QUEUE_PREFIX = "bench-"
+
+
+def make_app(env) -> Celery:
+    settings = load_settings(env)
+    celery = Celery("bench-chain")
+    celery.conf.update(celery_config(settings))
+    celery.conf.task_default_queue = QUEUE_PREFIX + "default"
+    return celery
+
+
+app = make_app(os.environ)
+_redis = None
+
+
+@app.task(name="bench.hop", acks_late=True, reject_on_worker_lost=True)
+def hop(event: dict) -> dict:
+    return event
+
+
+@app.task(name="bench.last_hop", acks_late=True, reject_on_worker_lost=True)
+def last_hop(event: dict) -> None:
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(load_settings().redis_url)
+    _redis.incr(DONE_KEY)

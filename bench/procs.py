@@ -1,0 +1,234 @@
+"""Every process the bench starts, and stopping all of them on every exit path.
+
+Each child runs in a session (process group) of its own, so one signal reaches
+it and everything it forked (gunicorn workers, Celery pool children). Three nets:
+``Supervisor.stop_all`` in the bench's ``finally``; SIGTERM/SIGHUP turned into
+``SystemExit`` so that ``finally`` runs; and a reaper process (``bench.reaper``)
+that outlives a SIGKILLed bench and stops what the state file lists.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the bench dies, however it dies."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
+                members.append(proc.pid)
+        except (OSError, psutil.Error):
+            continue
+    return members
+
+
+def kill_group(pgid: int, *, leader: int | None = None, timeout: float = 20.0) -> None:
+    """SIGTERM to the leader (or the group), wait, then SIGKILL whatever of the group is left."""
+    try:
+        if leader is not None:
+            os.kill(leader, signal.SIGTERM)
+        else:
+            os.killpg(pgid, signal.SIGTERM)
+    except OSError:
+        pass
+    deadline = time.monotonic() + timeout
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if group_members(pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+        deadline = time.monotonic() + 5.0
+        while group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, n: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 200_000))
+            lines = fh.read().decode(errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+
+
+@dataclass
+class Supervisor:
+    workdir: Path
+    procs: dict[str, Proc] = field(default_factory=dict)
+    servers: list = field(default_factory=list)  # app.embedded.Embedded objects
+    server_dirs: list[str] = field(default_factory=list)
+    remove_workdir: bool = True  # the reaper deletes the work folder once it stopped everything
+    _reaper: subprocess.Popen | None = None
+    _groups: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.logs = self.workdir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.state_file = self.workdir / "reaper.json"
+        self._write_state()
+
+    # -- the reaper -------------------------------------------------------------
+    def _write_state(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"groups": sorted(self._groups), "server_dirs": self.server_dirs,
+                                   "workdir": str(self.workdir) if self.remove_workdir else None}))
+        tmp.replace(self.state_file)
+
+    def start_reaper(self) -> None:
+        self._reaper = subprocess.Popen(
+            [sys.executable, "-m", "bench.reaper", str(os.getpid()), str(self.state_file)],
+            cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=open(self.logs / "reaper.log", "ab"), start_new_session=True,
+        )
+
+    def stop_reaper(self) -> None:
+        if self._reaper is not None and self._reaper.poll() is None:
+            self._reaper.terminate()
+            try:
+                self._reaper.wait(10)
+            except subprocess.TimeoutExpired:
+                self._reaper.kill()
+                self._reaper.wait()
+
+    def add_server(self, server) -> None:
+        self.servers.append(server)
+        self.server_dirs.append(str(server.data_dir))
+        self._write_state()
+
+    def forget_server(self, server) -> None:
+        if server in self.servers:
+            self.servers.remove(server)
+        if str(server.data_dir) in self.server_dirs and not any(
+            str(s.data_dir) == str(server.data_dir) for s in self.servers
+        ):
+            self.server_dirs.remove(str(server.data_dir))
+        self._write_state()
+
+    # -- processes --------------------------------------------------------------
+    def start(self, name: str, argv: list[str], *, env: dict[str, str], cwd: Path = ROOT) -> Proc:
+        if name in self.procs and self.procs[name].alive():
+            raise RuntimeError(f"{name} is already running")
+        log_path = self.logs / f"{name}.log"
+        with open(log_path, "ab") as out:
+            popen = subprocess.Popen(
+                argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        self._groups.add(popen.pid)
+        self._write_state()
+        proc = Proc(name=name, popen=popen, log_path=log_path)
+        self.procs[name] = proc
+        return proc
+
+    def run(self, name: str, argv: list[str], *, env: dict[str, str], timeout: float, cwd: Path = ROOT,
+            check: bool = True) -> subprocess.CompletedProcess:
+        """A one-off command (wrk, pgbench, migrate), in its own group, killed with the bench."""
+        popen = subprocess.Popen(
+            argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        self._groups.add(popen.pid)
+        self._write_state()
+        try:
+            out, err = popen.communicate(timeout=timeout)
+        except BaseException:
+            kill_group(popen.pid, timeout=5.0)
+            popen.wait()
+            raise
+        finally:
+            if not group_members(popen.pid):
+                self._groups.discard(popen.pid)
+                self._write_state()
+        result = subprocess.CompletedProcess(argv, popen.returncode, out, err)
+        with open(self.logs / f"{name}.log", "a") as fh:
+            fh.write(f"$ {' '.join(argv)}\n{out}\n{err}\n")
+        if check and popen.returncode != 0:
+            raise RuntimeError(f"{name} failed ({popen.returncode}):\n{err.strip()[-3000:]}\n{out.strip()[-2000:]}")
+        return result
+
+    def stop(self, name: str, timeout: float = 30.0) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        kill_group(proc.pid, leader=proc.pid if proc.alive() else None, timeout=timeout)
+        try:
+            proc.popen.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._groups.discard(proc.pid)
+        self._write_state()
+
+    def stop_all(self) -> None:
+        """Children first (they use the servers), then the embedded servers, then the reaper."""
+        for name in list(self.procs)[::-1]:
+            try:
+                self.stop(name, timeout=30.0)
+            except Exception as exc:  # keep stopping the others
+                sys.stderr.write(f"bench: stopping {name} failed: {exc!r}\n")
+        for pgid in list(self._groups):
+            kill_group(pgid, timeout=5.0)
+            self._groups.discard(pgid)
+        for server in list(self.servers)[::-1]:
+            try:
+                server.stop()
+            except Exception as exc:
+                sys.stderr.write(f"bench: stopping {server!r} failed: {exc!r}\n")
+            self.forget_server(server)
+        self._write_state()
+        self.stop_reaper()
+
+
+class _Terminate(SystemExit):
+    pass
+
+
+def ignore_signals() -> None:
+    """While stopping everything: a second Ctrl-C must not cut the cleanup short (it has timeouts)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP unwind like Ctrl-C does, so every ``finally`` runs."""
+
+    def handler(signum, frame):
+        raise _Terminate(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, handler)
+    # A background job of a non-interactive shell inherits SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
