@@ -112,8 +112,12 @@ class Bench:
     def _check_cpu(self, name: str, cpu: dict) -> None:
         # With BENCH_URL the system under test is not ours: its CPU counts as "other" by design.
         if cpu.get("other_processes_cores", 0) > 0.1 and self.stack is not None:
+            named = ", ".join(f"{t['cmd'][:60]} {t['cores']}" for t in cpu["other_top"])
+            unnamed = cpu["other_processes_cores"] - sum(t["cores"] for t in cpu["other_top"])
+            if unnamed > 0.1:  # processes that started and ended within the phase (another test run, ...)
+                named += f"; {unnamed:.2f} by short-lived processes"
             self.warn(f"{name}: other programs used {cpu['other_processes_cores']} cores meanwhile "
-                      f"({', '.join(t['cmd'][:60] for t in cpu['other_top'])}): its figures are disturbed")
+                      f"({named}): its figures are disturbed")
 
     def cpu_of(self, name: str, fn):
         """``fn()`` with the CPU it and everything else used meanwhile, for phases not under ``measure``."""
