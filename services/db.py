@@ -252,9 +252,3 @@ class Database:
         async with asyncio.timeout(deadline):
             return await call()
 
-    async def _pool_stats(self) -> dict:
-        pool = self.pool
-        return {"size": pool.get_size(), "idle": pool.get_idle_size(), "max": pool.get_max_size()}
-
-    def pool_stats(self) -> dict:
-        return self.run(self._pool_stats, timeout=1.0)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
-from typing import Any
 
 from opentelemetry import propagate
 from pgdbm import AsyncDatabaseManager
@@ -89,12 +88,6 @@ async def sweep(db: AsyncDatabaseManager, *, publish, limit: int, min_age_second
         return len(sent)
 
 
-async def oldest_unpublished_age(db: AsyncDatabaseManager) -> float:
-    age = await db.fetch_value(
-        "SELECT extract(epoch FROM now() - min(created_at)) FROM {{tables.outbox}} WHERE published_at IS NULL"
-    )
-    return float(age or 0.0)
-
 
 async def first_delivery(tx, *, event_id: str, consumer: str) -> bool:
     """Record ``event_id`` for ``consumer`` in this schema's inbox; False if already there."""
@@ -105,6 +98,3 @@ async def first_delivery(tx, *, event_id: str, consumer: str) -> bool:
     )
     return bool(inserted)
 
-
-def event_payload(event: dict[str, Any]) -> dict[str, Any]:
-    return event.get("payload") or {}

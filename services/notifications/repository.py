@@ -93,10 +93,3 @@ async def list_for_user(db, *, user_id: uuid.UUID, limit: int, before) -> list[d
         *args,
     )
 
-
-async def attempts_of(db, *, notification_id: uuid.UUID) -> list[dict]:
-    return await db.fetch_all(
-        "SELECT attempt, outcome, error, at FROM {{tables.delivery_attempts}} WHERE notification_id = $1 "
-        "ORDER BY attempt",
-        notification_id,
-    )

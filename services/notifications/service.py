@@ -101,6 +101,3 @@ def list_notifications(*, user_id: uuid.UUID, limit: int = 20, cursor: str | Non
     rows = _run(repository.list_for_user, user_id=user_id, limit=limit, before=pagination.decode(cursor))
     return pagination.page(rows, limit)
 
-
-def delivery_history(*, notification_id: uuid.UUID) -> list[dict]:
-    return _run(repository.attempts_of, notification_id=notification_id)

@@ -43,7 +43,7 @@ async def find_by_idempotency_key(db, *, user_id: uuid.UUID, key: str) -> dict |
     ))
 
 
-def _same_request(order: dict, request_hash: str) -> dict:
+def same_request(order: dict, request_hash: str) -> dict:
     if order["request_hash"] != request_hash:
         raise IdempotencyKeyReused(
             "this Idempotency-Key was used with a different body",
@@ -72,7 +72,7 @@ async def insert_order(db, *, user_id: uuid.UUID, lines: list[dict], total_cents
                 "SELECT " + ORDER + " FROM {{tables.orders}} o WHERE o.user_id = $1 AND o.idempotency_key = $2",
                 user_id, idempotency_key,
             ))
-            return _same_request(existing, request_hash), None
+            return same_request(existing, request_hash), None
         await tx.execute(
             "INSERT INTO {{tables.order_lines}} (order_id, line_no, product_id, product_name, quantity, "
             "unit_price_cents) SELECT $1, n, p, name, q, c "

@@ -37,7 +37,7 @@ def place_order(*, user_id: uuid.UUID, lines: list[dict], idempotency_key: str |
     if idempotency_key:
         existing = _run(repository.find_by_idempotency_key, user_id=user_id, key=idempotency_key)
         if existing:
-            return repository._same_request(existing, request_hash), False
+            return repository.same_request(existing, request_hash), False
     products = catalog(runtime.get().settings).products([l["product_id"] for l in lines])
     errors = {
         f"items.{i}.product_id": ["Unknown or inactive product."]
