@@ -42,8 +42,8 @@ BRIDGE_INFLIGHT = Gauge("db_bridge_inflight_calls", "Database calls in progress 
 
 
 def observe_pool(service: str) -> None:
-    rt = runtime._runtime
-    if rt is None or rt.pid != os.getpid() or rt.db.pool is None:
+    rt = runtime.current()
+    if rt is None or rt.db.pool is None:
         return
     pool = rt.db.pool
     size, idle = pool.get_size(), pool.get_idle_size()

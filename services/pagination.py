@@ -35,3 +35,17 @@ def page(rows: list[dict], limit: int) -> dict:
         "items": items,
         "next_cursor": encode(items[-1]["created_at"], items[-1]["id"]) if more and items else None,
     }
+
+
+def newest_first(args: list, *, before: tuple | None, limit: int, alias: str = "") -> str:
+    """The tail of a newest-first keyset query: condition, order and limit (limit + 1 rows).
+
+    Appends its parameters to ``args``; the caller's WHERE clause comes before it.
+    """
+    column = f"{alias}." if alias else ""
+    tail = ""
+    if before:
+        args += [before[0], before[1]]
+        tail = f" AND ({column}created_at, {column}id) < (${len(args) - 1}, ${len(args)})"
+    args.append(limit + 1)
+    return tail + f" ORDER BY {column}created_at DESC, {column}id DESC LIMIT ${len(args)}"

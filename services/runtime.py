@@ -93,6 +93,12 @@ def start(settings: Settings | None = None, *, name: str | None = None) -> Runti
         return runtime
 
 
+def current() -> Runtime | None:
+    """This process's runtime if it has been started here, without starting one."""
+    runtime = _runtime
+    return runtime if runtime is not None and runtime.pid == os.getpid() else None
+
+
 def get() -> Runtime:
     runtime = _runtime
     if runtime is not None and runtime.pid == os.getpid():

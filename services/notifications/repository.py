@@ -4,7 +4,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from services import messaging
+from services import messaging, pagination
 from services.notifications.errors import RecipientUnknown
 
 NOTIFICATION = ("id, user_id, event_id, channel, template, recipient, subject, body_text, body_html, status, "
@@ -82,14 +82,8 @@ async def record(db, *, outcomes: list[tuple[uuid.UUID, str, str | None]]) -> No
 
 async def list_for_user(db, *, user_id: uuid.UUID, limit: int, before) -> list[dict]:
     args: list = [user_id]
-    condition = ""
-    if before:
-        args += [before[0], before[1]]
-        condition = " AND (created_at, id) < ($2, $3)"
-    args.append(limit + 1)
+    tail = pagination.newest_first(args, before=before, limit=limit)
     return await db.fetch_all(
-        "SELECT " + NOTIFICATION + " FROM {{tables.notifications}} WHERE user_id = $1" + condition
-        + f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",
-        *args,
+        "SELECT " + NOTIFICATION + " FROM {{tables.notifications}} WHERE user_id = $1" + tail, *args
     )
 

@@ -6,7 +6,7 @@ import json
 import uuid
 from datetime import datetime
 
-from services import messaging
+from services import messaging, pagination
 from services.orders import events
 from services.orders.errors import IdempotencyKeyReused, NotCancellable, OrderNotFound
 
@@ -97,16 +97,8 @@ async def get_order(db, *, order_id: uuid.UUID) -> dict | None:
 
 async def list_orders(db, *, user_id: uuid.UUID, limit: int, before: tuple | None) -> list[dict]:
     args: list = [user_id]
-    condition = ""
-    if before:
-        args += [before[0], before[1]]
-        condition = " AND (o.created_at, o.id) < ($2, $3)"
-    args.append(limit + 1)
-    rows = await db.fetch_all(
-        "SELECT " + ORDER + " FROM {{tables.orders}} o WHERE o.user_id = $1" + condition
-        + f" ORDER BY o.created_at DESC, o.id DESC LIMIT ${len(args)}",
-        *args,
-    )
+    tail = pagination.newest_first(args, before=before, limit=limit, alias="o")
+    rows = await db.fetch_all("SELECT " + ORDER + " FROM {{tables.orders}} o WHERE o.user_id = $1" + tail, *args)
     return [_hydrate(r) for r in rows]
 
 
