@@ -37,16 +37,25 @@ def init_app(app: Flask, settings: Settings, ready_checks: dict) -> None:
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
     @app.route("/api/<path:subpath>", methods=methods)
-    @limiter.limit(settings.rate_limit_login, key_func=limits.login_key,
-                   exempt_when=lambda: request.path != "/api/auth/login", override_defaults=False)
     def forward(subpath: str):
-        path = request.path
-        route = resolve(path)
-        if route is None:
-            return problem(404, "no such resource")
-        if not route.is_public(request.method, path):
-            verify_jwt_in_request()
-        return _forward(upstreams, route.service, path)
+        return _route(upstreams)
+
+    # Login has a limit of its own on top of the default one; a route of its own keeps
+    # flask-limiter from evaluating (and exempting) that limit on every other request.
+    @app.route("/api/auth/login", methods=methods)
+    @limiter.limit(settings.rate_limit_login, key_func=limits.login_key, override_defaults=False)
+    def login():
+        return _route(upstreams)
+
+
+def _route(upstreams: Upstreams) -> Response:
+    path = request.path
+    route = resolve(path)
+    if route is None:
+        return problem(404, "no such resource")
+    if not route.is_public(request.method, path):
+        verify_jwt_in_request()
+    return _forward(upstreams, route.service, path)
 
 
 def _forward(upstreams: Upstreams, service: str, path: str) -> Response:

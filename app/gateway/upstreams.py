@@ -4,8 +4,8 @@ Instances come from the service registry (refreshed every couple of seconds, per
 gateway worker); the configured URL is the fallback while a service has none
 registered. Requests go round-robin over live instances; an instance that refused
 a connection is skipped until its heartbeat could have expired anyway. Each
-service has a pybreaker circuit breaker whose state lives in Redis, so every
-gateway worker sees the same circuit.
+service has a circuit breaker (pybreaker's, see ``breaker.py``) whose state lives in
+Redis, so every gateway worker sees the same circuit.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pybreaker
 import redis
 import urllib3
 
+from services.breaker import ConcurrentBreaker, SharedStateStorage
 from config.settings import Settings
 from services import registry, runtime
 from services.errors import Unavailable
@@ -87,7 +88,7 @@ class Upstreams:
     def breaker(self, service: str) -> pybreaker.CircuitBreaker:
         with self._lock:
             if service not in self._breakers:
-                self._breakers[service] = pybreaker.CircuitBreaker(
+                self._breakers[service] = ConcurrentBreaker(
                     fail_max=self.settings.gateway_breaker_fail_max,
                     reset_timeout=self.settings.gateway_breaker_reset_seconds,
                     state_storage=self._storage(service),
@@ -96,13 +97,9 @@ class Upstreams:
                 )
             return self._breakers[service]
 
-    def _storage(self, service: str):
-        try:
-            client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-            # Falls back to "closed" (and logs) while Redis is unreachable.
-            return pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace=f"oms:breaker:{service}")
-        except redis.RedisError:
-            return pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+    def _storage(self, service: str) -> SharedStateStorage:
+        client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        return SharedStateStorage(client, namespace=f"oms:breaker:{service}")
 
     def retry_after(self, service: str) -> int:
         breaker = self.breaker(service)

@@ -1,8 +1,9 @@
 """The inventory service's HTTP API, as the orders domain sees it: prices and availability.
 
-Behind a pybreaker circuit breaker: after ``fail_max`` consecutive failures
-(connection errors, timeouts, 5xx) the circuit opens and placing an order answers
-503 with Retry-After at once, instead of every request waiting for a timeout.
+Behind a circuit breaker (pybreaker's, with calls not serialized: ``services/breaker.py``):
+after ``fail_max`` consecutive failures (connection errors, timeouts, 5xx) the circuit
+opens and placing an order answers 503 with Retry-After at once, instead of every
+request waiting for a timeout.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import uuid
 import pybreaker
 import urllib3
 
+from services.breaker import ConcurrentBreaker
 from services.errors import Unavailable
 
 logger = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ class Catalog:
             maxsize=16, timeout=urllib3.Timeout(connect=min(timeout, 1.0), read=timeout),
             retries=urllib3.Retry(total=1, connect=1, read=0, status=0, other=0, raise_on_status=False),
         )
-        self.breaker = pybreaker.CircuitBreaker(
+        self.breaker = ConcurrentBreaker(
             fail_max=fail_max, reset_timeout=reset_timeout, name="inventory",
             exclude=[lambda e: not isinstance(e, InventoryDown)],
         )
