@@ -43,7 +43,7 @@ def celery_config(settings: Settings) -> dict:
         # its worker died; consumers are idempotent (inbox) so that is safe.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
+        "worker_prefetch_multiplier": int(os.environ.get("CELERY_PREFETCH_MULTIPLIER", "1")),
         # Hard limit well below the visibility timeout, so Redis never redelivers a
         # task that is still running.
         "task_soft_time_limit": int(os.environ.get("CELERY_TASK_SOFT_TIME_LIMIT", "60")),

@@ -18,6 +18,11 @@ DEFAULT_PORTS = {"gateway": 8000, "users": 8001, "orders": 8002, "inventory": 80
 _DEV_SECRETS = {"JWT_SECRET_KEY": "dev-only-jwt-secret-change-me-0123456789abcdef"}
 _REQUIRED_IN_PRODUCTION = ("DATABASE_URL", "REDIS_URL", "JWT_SECRET_KEY")
 
+# DB_POOL_MAX when it is not set, by SERVICE_NAME: the gateway only reads the registry,
+# a Celery pool process runs one task at a time (plus the outbox flusher), and the
+# notifications API is read lightly. Under `make run`: 2 + 3 x 4 + 2 + 2 x 2 = 20.
+POOL_MAX_BY_SERVICE = {"gateway": 2, "notifications": 2, "worker": 2}
+
 
 class ConfigError(SystemExit):
     """Raised at start when configuration is unusable; its message is the one line printed."""
@@ -156,7 +161,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         ports=ports,
         db_pool_min=_int(env, "DB_POOL_MIN", 1),
-        db_pool_max=_int(env, "DB_POOL_MAX", 4),
+        db_pool_max=_int(env, "DB_POOL_MAX", POOL_MAX_BY_SERVICE.get(env.get("SERVICE_NAME", ""), 4)),
         db_timeout=_float(env, "DB_TIMEOUT_SECONDS", 5.0),
         db_statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 10_000),
         db_lock_timeout_ms=_int(env, "DB_LOCK_TIMEOUT_MS", 3_000),

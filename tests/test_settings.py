@@ -26,3 +26,14 @@ def test_production_requires_every_secret():
 def test_a_malformed_number_names_the_variable():
     with pytest.raises(ConfigError, match="DB_POOL_MAX"):
         load_settings({"DB_POOL_MAX": "many"})
+
+
+def test_pool_ceilings_fit_the_connection_budget_unless_set():
+    from config.settings import POOL_MAX_BY_SERVICE
+
+    pools = {name: load_settings({"SERVICE_NAME": name}).db_pool_max
+             for name in ("gateway", "users", "orders", "inventory", "notifications")}
+    celery_children = 2  # CELERY_CONCURRENCY under `make run`
+    assert sum(pools.values()) + celery_children * load_settings({"SERVICE_NAME": "worker"}).db_pool_max <= 20
+    assert pools["gateway"] == POOL_MAX_BY_SERVICE["gateway"]
+    assert load_settings({"SERVICE_NAME": "gateway", "DB_POOL_MAX": "6"}).db_pool_max == 6

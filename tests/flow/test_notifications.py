@@ -174,3 +174,34 @@ def test_sms_goes_to_the_webhook_and_a_provider_500_is_retried_once_delivered(rt
     rows = {r["channel"]: r for r in _rows(rt, event["id"])}
     assert rows["email"]["status"] == "sent" and rows["email"]["attempts"] == 1
     assert rows["sms"]["status"] == "sent" and rows["sms"]["outcomes"] == ["retry", "sent"]
+
+
+def test_the_smtp_session_is_kept_between_mails_and_replaced_when_the_server_dropped_it():
+    from services.notifications import transports as t
+    from services.notifications.errors import DeliveryFailed
+
+    def mail(to, subject="Ihre Bestellung ist bestätigt"):
+        return {"id": uuid.uuid4(), "recipient": to, "subject": subject, "body_text": "grüße", "body_html": "<p>hi</p>"}
+
+    sink = MailSink().start()
+    transport = t.SmtpTransport(host="127.0.0.1", port=sink.port, sender="t@oms")
+    try:
+        transport.send(mail("a@example.com"))
+        session = transport._smtp
+        sink.refuse.add("nobody@example.com")
+        with pytest.raises(DeliveryFailed) as refused:
+            transport.send(mail("nobody@example.com"))
+        assert refused.value.permanent
+        transport.send(mail("b@example.com"))
+        assert transport._smtp is session  # one session for all three, the refusal included
+
+        sink.stop()  # the server goes away (and comes back): the kept session is dead
+        sink = MailSink(sink.port).start()
+        transport.send(mail("c@example.com"))
+        [message] = sink.to("c@example.com")
+        assert message["Subject"] == "Ihre Bestellung ist bestätigt"
+        assert message.get_body(("plain",)).get_content().strip() == "grüße"
+        assert message.get_body(("html",)).get_content().strip() == "<p>hi</p>"
+    finally:
+        transport.close()
+        sink.stop()
