@@ -6,7 +6,7 @@ import json
 import uuid
 
 from services import pagination, runtime
-from services.errors import ValidationFailed
+from services.errors import Unavailable, ValidationFailed
 from services.orders import repository
 from services.orders.catalog import catalog
 from services.orders.errors import OrderNotFound
@@ -32,12 +32,32 @@ def _request_hash(lines: list[dict]) -> str:
 
 
 def place_order(*, user_id: uuid.UUID, lines: list[dict], idempotency_key: str | None = None) -> tuple[dict, bool]:
-    """Price and write a pending order. Returns (order, created)."""
+    """Price and write a pending order. Returns (order, created).
+
+    A retried request (same Idempotency-Key) meets its order at the insert's unique
+    constraint, so the common path reads nothing first. Only when pricing fails is
+    the key looked up: a retry answers the order placed earlier even if its products
+    have changed since or inventory is down.
+    """
     request_hash = _request_hash(lines)
-    if idempotency_key:
-        existing = _run(repository.find_by_idempotency_key, user_id=user_id, key=idempotency_key)
+    try:
+        priced, currency = _price(lines)
+    except (ValidationFailed, Unavailable):
+        existing = idempotency_key and _run(repository.find_by_idempotency_key, user_id=user_id, key=idempotency_key)
         if existing:
             return repository.same_request(existing, request_hash), False
+        raise
+    order, event = _run(
+        repository.insert_order, user_id=user_id, lines=priced,
+        total_cents=sum(l["unit_price_cents"] * l["quantity"] for l in priced), currency=currency,
+        idempotency_key=idempotency_key, request_hash=request_hash,
+    )
+    _publish(event)
+    return order, event is not None
+
+
+def _price(lines: list[dict]) -> tuple[list[dict], str]:
+    """The lines with the catalog's current names and prices, and their one currency."""
     products = catalog(runtime.get().settings).products([l["product_id"] for l in lines])
     errors = {
         f"items.{i}.product_id": ["Unknown or inactive product."]
@@ -53,13 +73,7 @@ def place_order(*, user_id: uuid.UUID, lines: list[dict], idempotency_key: str |
         {**l, "unit_price_cents": products[l["product_id"]]["price_cents"], "name": products[l["product_id"]]["name"]}
         for l in lines
     ]
-    order, event = _run(
-        repository.insert_order, user_id=user_id, lines=priced,
-        total_cents=sum(l["unit_price_cents"] * l["quantity"] for l in priced), currency=currencies.pop(),
-        idempotency_key=idempotency_key, request_hash=request_hash,
-    )
-    _publish(event)
-    return order, event is not None
+    return priced, currencies.pop()
 
 
 def get_order(*, order_id: uuid.UUID, user_id: uuid.UUID, is_admin: bool = False) -> dict:

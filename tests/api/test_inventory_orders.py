@@ -755,6 +755,20 @@ def test_the_same_idempotency_key_with_a_different_body_is_a_422(api, customer, 
     assert [o["id"] for o in api.ok("GET", "/api/orders", token=customer)["items"]] == [first["id"]]
 
 
+def test_a_retry_answers_its_order_even_after_the_product_was_deactivated(api, admin, customer):
+    p = create_product(api, admin, stock=10)
+    key = uuid.uuid4().hex
+    first = place(api, customer, [(p["id"], 1)], key=key)
+    api.ok("PATCH", f"/api/inventory/products/{p['id']}", token=admin, json_body={"active": False})
+    status, _, again = api.call("POST", "/api/orders", token=customer, headers={"Idempotency-Key": key},
+                                json_body={"items": [line(p["id"], 1)]})
+    assert status in (200, 202) and again["id"] == first["id"], again
+    # A new order for it is refused as before.
+    response = api.call("POST", "/api/orders", token=customer, headers={"Idempotency-Key": uuid.uuid4().hex},
+                        json_body={"items": [line(p["id"], 1)]})
+    assert_problem(response, 422, "items.0.product_id")
+
+
 def test_an_idempotency_key_belongs_to_one_user(api, customer, product):
     key = uuid.uuid4().hex
     first = place(api, customer, [(product["id"], 1)], key=key)
