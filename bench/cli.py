@@ -3,8 +3,9 @@
 Environment: BENCH_DURATION (s per measured run, default 30), BENCH_CLIENTS
 (default 8,32,64), BENCH_SCENARIOS, BENCH_URL (measure a running gateway only),
 DATABASE_URL / REDIS_URL (use these servers instead of embedded ones),
-BENCH_PACED_RATE, BENCH_KEEP=1 (keep the work folder). Every setting of the
-system itself comes from the environment as for ``make run``.
+BENCH_PACED_RATE, BENCH_KEEP=1 (keep the work folder), BENCH_PROFILE=0 (no py-spy
+profiles). Every setting of the system itself comes from the environment as for
+``make run``, except the production defaults the bench sets (``bench.stack``).
 
 Exit status: 0 when the run completed and the correctness checks pass (the
 targets are reported, not enforced), 1 otherwise, 130 on Ctrl-C.
@@ -26,7 +27,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench import report
+from bench import profile, report
 from bench.procs import ROOT, Supervisor, ignore_signals, install_signal_handlers
 
 ALL_SCENARIOS = ["baselines", "read", "pipeline", "paced", "mixed", "placement"]
@@ -69,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="pause after each measured phase so backends flush their statistics (PostgreSQL "
                         "flushes an idle backend's at most 10 s late)")
     p.add_argument("--trim", type=float, default=None, help="warm-up seconds left out of pipeline rates")
+    p.add_argument("--no-profile", action="store_true", default=os.environ.get("BENCH_PROFILE") == "0",
+                   help="no py-spy profiles of read and placement @ the reference client count and the paced "
+                        "run (BENCH_PROFILE=0)")
     p.add_argument("--out", default=str(RESULTS), help="folder for the JSON and Markdown reports")
     p.add_argument("--keep", action="store_true", default=os.environ.get("BENCH_KEEP") == "1",
                    help="keep the work folder (logs, data) instead of deleting it")
@@ -100,6 +104,7 @@ def config(args: argparse.Namespace) -> dict:
         "backlog_timeout": args.backlog_timeout,
         "settle": args.settle,
         "trim": args.trim if args.trim is not None else min(2.0, args.duration / 5),
+        "profile": not args.no_profile,
     }
 
 
@@ -217,13 +222,15 @@ def _procfile_default(text: str, name: str) -> str | None:
 
 
 def connection_budget(bench) -> dict:
-    """Pool-owning processes (gunicorn workers, Celery pool children) x DB_POOL_MAX, and the idle count."""
+    """Pool-owning processes (gunicorn workers, Celery pool children) x their DB_POOL_MAX, and the idle count."""
     import psutil
+
+    from config.settings import load_settings
 
     stack = bench.stack
     if stack is None:
         return {}
-    owners, detail = 0, []
+    owners, budget, detail = 0, 0, []
     for name in list(stack.http_entries) + ["worker"]:
         proc = bench.sup.procs.get(name)
         if proc is None:
@@ -232,26 +239,21 @@ def connection_budget(bench) -> dict:
             children = psutil.Process(proc.pid).children()
         except psutil.Error:
             continue
-        n = len(children)
-        owners += n
-        detail.append(f"{name} {n}")
-    try:
-        from config.settings import load_settings
-
-        pool_max = load_settings(bench.env).db_pool_max
-    except Exception:
-        pool_max = None
+        # The Procfile names each process with SERVICE_NAME, which sets its default pool ceiling.
+        pool_max = load_settings({**bench.env, "SERVICE_NAME": name}).db_pool_max
+        owners += len(children)
+        budget += len(children) * pool_max
+        detail.append(f"{name} {len(children)} x {pool_max}")
     idle = None
     if bench.stats is not None:
         idle = bench.stats.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' "
             "AND application_name NOT LIKE 'bench%' AND application_name <> 'pgbench'", bench.database)
-    return {"pool_owners": owners, "db_pool_max": pool_max, "budget": owners * pool_max if pool_max else None,
-            "detail": ", ".join(detail), "idle_connections": idle}
+    return {"pool_owners": owners, "budget": budget, "detail": ", ".join(detail), "idle_connections": idle}
 
 
 def keep_logs(sup: Supervisor, dest: Path) -> dict:
-    """Tails of every process log beside the report, and how many error lines each had."""
+    """Tails of every process log beside the report, how many error lines each had; the profiles."""
     pattern = re.compile(r"\[(error|critical)\s*\]|Traceback|\bERROR\b|\bCRITICAL\b|\"level\": \"(error|critical)\"")
     summary = {}
     dest.mkdir(parents=True, exist_ok=True)
@@ -266,6 +268,7 @@ def keep_logs(sup: Supervisor, dest: Path) -> dict:
                     del tail[:200]
         (dest / path.name).write_text("".join(tail[-200:]))
         summary[path.stem] = {"errors": errors, "bytes": path.stat().st_size}
+    profile.keep(sup.logs, dest)
     return summary
 
 

@@ -98,6 +98,10 @@ class ConnectionSampler:
         }
 
 
+# Children of the bench that exit during a phase only show in its children times: wrk and the like.
+LOAD_GENERATORS = "load generators (wrk, pgbench, locust)"
+
+
 class CpuAccount:
     """CPU used during a phase: the whole machine, the run's own processes, and the rest.
 
@@ -112,6 +116,12 @@ class CpuAccount:
         self.roots = roots  # detached processes of ours: the embedded PostgreSQL server
         self._groups = groups or dict  # () -> {process group id: name}; the bench's children each lead one
         self.groups: dict[int, str] = {}
+        self.claimed: dict[str, float] = {}
+
+    def claim(self, label: str, seconds: float) -> None:
+        """CPU seconds of exited children of the bench that were not load generators (the profiler),
+        measured by whoever reaped them."""
+        self.claimed[label] = self.claimed.get(label, 0.0) + seconds
 
     def _label(self, pid: int, root: int) -> str:
         if root != os.getpid():
@@ -151,7 +161,7 @@ class CpuAccount:
                     label = self._label(p.pid, root)
                     cpu[p.pid] = (t.user + t.system, label)
                     if p.pid == os.getpid():
-                        label = "load generators (wrk, pgbench, locust)"
+                        label = LOAD_GENERATORS
                     reaped[label] = reaped.get(label, 0.0) + t.children_user + t.children_system
                 except psutil.Error:
                     continue
@@ -190,6 +200,9 @@ class CpuAccount:
             by_label[label] = by_label.get(label, 0.0) + c - self._ours0.get(pid, (0.0, ""))[0]
         for label, c in reaped1.items():
             by_label[label] = by_label.get(label, 0.0) + c - self._reaped0.get(label, 0.0)
+        for label, c in self.claimed.items():
+            by_label[label] = by_label.get(label, 0.0) + c
+            by_label[LOAD_GENERATORS] = by_label.get(LOAD_GENERATORS, 0.0) - c
         ours = sum(by_label.values())
         others1 = self._others(set(ours1))
         named: dict[str, float] = {}

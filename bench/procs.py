@@ -143,14 +143,7 @@ class Supervisor:
         if name in self.procs and self.procs[name].alive():
             raise RuntimeError(f"{name} is already running")
         log_path = self.logs / f"{name}.log"
-        with open(log_path, "ab") as out:
-            popen = subprocess.Popen(
-                argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
-            )
-        self._groups.add(popen.pid)
-        self._write_state()
-        proc = Proc(name=name, popen=popen, log_path=log_path)
+        proc = Proc(name=name, popen=self.spawn(argv, env=env, log_path=log_path, cwd=cwd), log_path=log_path)
         self.procs[name] = proc
         return proc
 
@@ -179,6 +172,46 @@ class Supervisor:
         if check and popen.returncode != 0:
             raise RuntimeError(f"{name} failed ({popen.returncode}):\n{err.strip()[-3000:]}\n{out.strip()[-2000:]}")
         return result
+
+    def spawn(self, argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path = ROOT) -> subprocess.Popen:
+        """A background process in its own group, stopped with the bench however it ends.
+
+        ``start`` names it as one of ``procs``; a helper spawned directly (a profiler) is ``reap``ed.
+        """
+        with open(log_path, "ab") as out:
+            popen = subprocess.Popen(
+                argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        self._groups.add(popen.pid)
+        self._write_state()
+        return popen
+
+    def reap(self, popen: subprocess.Popen, timeout: float, *, interrupt: int = signal.SIGTERM,
+             grace: float = 5.0) -> float:
+        """Wait up to ``timeout`` s for a spawned helper, then send it ``interrupt`` and wait ``grace`` s,
+        then SIGKILL its group; the CPU seconds it used.
+
+        ``os.wait4`` rather than ``Popen.wait``: the helper's own rusage, which the phase's CPU
+        account would otherwise only see folded into the bench's children times.
+        """
+        cpu = _await_cpu(popen, timeout)
+        if cpu is None:
+            try:
+                os.kill(popen.pid, interrupt)
+            except OSError:
+                pass
+            cpu = _await_cpu(popen, grace)
+        if cpu is None:
+            try:
+                os.killpg(popen.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            cpu = _wait_cpu(popen, 0)
+        kill_group(popen.pid, timeout=2.0)  # anything it forked
+        self._groups.discard(popen.pid)
+        self._write_state()
+        return cpu
 
     def stop(self, name: str, timeout: float = 30.0) -> None:
         proc = self.procs.pop(name, None)
@@ -210,6 +243,30 @@ class Supervisor:
             self.forget_server(server)
         self._write_state()
         self.stop_reaper()
+
+
+def _wait_cpu(popen: subprocess.Popen, options: int) -> float | None:
+    """Reap ``popen`` if it exited (``options`` 0: wait for it); its user + system CPU seconds."""
+    if popen.returncode is not None:
+        return 0.0
+    try:
+        pid, status, usage = os.wait4(popen.pid, options)
+    except ChildProcessError:
+        popen.returncode = -1
+        return 0.0
+    if pid == 0:
+        return None
+    popen.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _await_cpu(popen: subprocess.Popen, timeout: float) -> float | None:
+    deadline = time.monotonic() + timeout
+    while True:
+        cpu = _wait_cpu(popen, os.WNOHANG)
+        if cpu is not None or time.monotonic() >= deadline:
+            return cpu
+        time.sleep(0.05)
 
 
 class _Terminate(SystemExit):

@@ -126,6 +126,123 @@ def _pass(v) -> str:
     return "n/a" if v is None else ("**pass**" if v else "**FAIL**")
 
 
+def _per_unit(cpu: dict | None, rate: float | None) -> tuple[float | None, str]:
+    """CPU milliseconds per unit of work (the run's own processes), and the largest shares."""
+    if not cpu or not rate:
+        return None, "–"
+    by = sorted((cpu.get("ours_by_process") or {}).items(), key=lambda kv: -kv[1])
+    top = ", ".join(f"{name} {1000 * cores / rate:.2f}" for name, cores in by[:5] if cores >= 0.01)
+    return 1000 * cpu.get("ours_cores", 0) / rate, top
+
+
+def _costs(results: dict, ev: dict) -> list[str]:
+    """Why a ratio is what it is: CPU per unit of work next to the baseline's, and what a target needs.
+
+    On a CPU-bound machine a throughput ratio is the inverse ratio of CPU per unit, so this
+    table says where each miss comes from; the profiles below say which code spends it.
+    """
+    ref = ev["reference_clients"]
+    phases, base = results.get("phases", {}), results.get("baselines", {})
+    cores = (results.get("machine") or {}).get("cores") or 2
+    pg_runs = [r["tps"] for r in (_get(base, "pgbench", "runs") or {}).values() if r.get("tps")]
+    read, place = phases.get(f"read@{ref}", {}), phases.get(f"placement@{ref}", {})
+    runs = pipeline_runs(results)
+    paced = next((nr for nr in runs if nr[0].startswith("paced@")), None)
+    rows = [
+        (f"read@{ref}", "request", read.get("ok_rps"), read.get("cpu")),
+        ("hello-world", "request", _get(base, "hello", "ok_rps"), _get(base, "hello", "cpu")),
+        (f"placement@{ref}", "accepted order", _get(place, "http", "ok_rps"), place.get("cpu")),
+        ("pgbench order transaction", "transaction (≈, all client counts)",
+         sum(pg_runs) / len(pg_runs) if pg_runs else None, _get(base, "pgbench", "cpu")),
+    ]
+    if paced:
+        rows.append((paced[0], "fulfilled order (placement, tasks, mails)", paced[1]["db"].get("fulfilled_per_s"),
+                     paced[1].get("cpu")))
+    rows.append(("bare Celery chain", "chain", _get(base, "chain", "chains_per_s"), _get(base, "chain", "cpu")))
+    table = []
+    for name, unit, rate, cpu in rows:
+        ms, top = _per_unit(cpu, rate)
+        table.append([name, unit, rate, ms, top])
+    L = ["### Why: CPU per unit of work", "",
+         f"Cores used by the run's processes divided by the rate (the machine has {cores}); the largest "
+         "shares by process in ms per unit. When the machine is busy, a throughput ratio is roughly the "
+         "inverse of the CPU-per-unit ratio.", ""]
+    L += _table(["run", "unit", "rate /s", "CPU ms per unit", "largest shares (ms per unit)"], table)
+    L.append("")
+    needs = []
+    conns = read.get("connections") and ref
+    if conns:
+        needed = ref / (TARGETS["read_p99_ms"] / 1000)
+        needs.append(f"read p99 <= {TARGETS['read_p99_ms']:g} ms with {ref} connections always busy needs at "
+                     f"least {needed:,.0f} req/s (Little's law: rate = connections / latency, and the mean is "
+                     f"below the p99), i.e. <= {1000 * cores / needed:.2f} ms of CPU per request on {cores} cores "
+                     "for everything on the machine")
+    pg = _get(base, "pgbench", "runs", str(ref), "tps")
+    if pg:
+        needed = TARGETS["placement_ratio"] * pg
+        needs.append(f"placement >= {TARGETS['placement_ratio']} x pgbench needs {needed:,.0f} orders/s, i.e. "
+                     f"<= {1000 * cores / needed:.2f} ms of CPU per accepted order")
+    chain = _get(base, "chain", "chains_per_s")
+    if chain:
+        needed = TARGETS["pipeline_ratio"] * chain
+        needs.append(f"the pipeline target needs {needed:,.1f} fulfilled orders/s with placement running, i.e. "
+                     f"<= {1000 * cores / needed:.1f} ms of CPU per order, placement and notifications included")
+    if needs:
+        L += ["What the targets need on this machine:", ""] + [f"- {n}" for n in needs] + [""]
+    return L
+
+
+def _profiles(phases: dict) -> list[str]:
+    """Per profiled phase and process: the top functions inclusive and self, side by side."""
+    profiled = [(n, x["profile"]) for n, x in phases.items() if x.get("profile")]
+    if not profiled:
+        return []
+    first = profiled[0][1]
+    L = ["## Profiles (py-spy, CPU samples holding the GIL)", "",
+         f"`{first['tool']}` at {first['rate']} Hz on the processes that do the work (gunicorn workers, the Celery "
+         f"worker's main process and its pool), from {first['started_after_s']:g} s into the phase for "
+         f"{first['seconds']} s. A sample is kept only if a thread of the process holds the GIL: the profile is "
+         "of the CPU spent running Python (waits, and C code that releases the GIL, are not in it). 'cores' is "
+         "the processes' CPU over the window as the kernel counts it; 'unreadable' are samples py-spy could not "
+         "read because it does not pause the process. 'in the stack' = share of the samples with the function "
+         "anywhere in the stack (thread, run-loop and WSGI/view-dispatch plumbing left out); 'running' = share "
+         "with it at the top. Raw stacks (`frame;frame;... count` per line, for flamegraph.pl or speedscope) are "
+         "in `profiles/` of the logs folder beside this report.", ""]
+    for name, prof in profiled:
+        L.append(f"### {name}")
+        L.append("")
+        for proc in prof["processes"]:
+            L.append(f"**{proc['process']}** (pid {', '.join(str(p) for p in proc['pids'])}): "
+                     f"{_f(proc['cores'], 2)} cores, {_f(proc['samples'])} samples "
+                     f"({_f(proc['failed_reads'])} unreadable)")
+            L.append("")
+            L += _table(["in the stack", "%", "running", "%"], _side_by_side(proc["inclusive"], proc["self"]))
+            L.append("")
+        notes = [f"py-spy itself used {_f(prof['profiler_cores'], 2)} cores"]
+        if prof["skipped"]:
+            notes.append(f"not shown (samples in under {prof['min_share']:.0%} of the ticks): " + ", ".join(
+                f"{s['process']} {_f(s['samples'])}" for s in prof["skipped"]))
+        if prof["errors"]:
+            notes.append("py-spy failed: " + "; ".join(prof["errors"]))
+        L.append("; ".join(notes) + ".")
+        L.append("")
+    return L
+
+
+def _side_by_side(*columns: list[dict]) -> list[list[str]]:
+    rows = []
+    for i in range(max(len(c) for c in columns)):
+        row = []
+        for column in columns:
+            row += [_code(column[i]["function"]), f"{column[i]['percent']:.1f}"] if i < len(column) else ["", ""]
+        rows.append(row)
+    return rows
+
+
+def _code(text: str) -> str:
+    return "`" + text.replace("|", "\\|") + "`"
+
+
 def markdown(results: dict) -> str:
     cfg = results["config"]
     clients = cfg["clients"]
@@ -161,6 +278,7 @@ def markdown(results: dict) -> str:
              f"**{_f(r['placement_vs_pgbench'], 3)}**; pipeline fulfilled/s / chain chains/s = "
              f"**{_f(r['pipeline_vs_chain'], 3)}** (best sustained run: {ev.get('best_sustained') or 'none'}).")
     L.append("")
+    L += _costs(results, ev)
 
     # Read
     reads = [(c, phases.get(f"read@{c}")) for c in clients if phases.get(f"read@{c}")]
@@ -274,8 +392,8 @@ def markdown(results: dict) -> str:
     L.append("")
     budget = results.get("connection_budget", {})
     if budget:
-        L.append(f"Configured budget: {budget.get('pool_owners')} pool-owning processes x DB_POOL_MAX "
-                 f"{budget.get('db_pool_max')} = **{budget.get('budget')}** ({budget.get('detail')}); "
+        L.append(f"Configured budget: {budget.get('pool_owners')} pool-owning processes, each at most its "
+                 f"DB_POOL_MAX: **{budget.get('budget')}** ({budget.get('detail')}); "
                  f"idle after start: {budget.get('idle_connections')}.")
         L.append("")
     rows = []
@@ -305,7 +423,8 @@ def markdown(results: dict) -> str:
         L += _table(["phase", "cores by process"], rows)
         L.append("")
         L.append("'load generators' is wrk / pgbench / locust (and processes the bench stopped during the phase); "
-                 "'bench' is the harness itself (the paced generator, the chain feeder, the samplers).")
+                 "'bench' is the harness itself (the paced generator, the chain feeder, the samplers); "
+                 "'profiler (py-spy)' samples the profiled phases (see Profiles).")
         L.append("")
 
     # Database work
@@ -344,6 +463,8 @@ def markdown(results: dict) -> str:
                  "statement on users.outbox, orders.outbox and inventory.outbox (or on each schema's inbox) is one "
                  "entry, shown with the schema it was first seen with: read such a row as the sum over schemas.")
     L.append("")
+
+    L += _profiles(phases)
 
     # Correctness
     checks = results.get("checks")

@@ -1,7 +1,9 @@
 """One benchmark run: set up, the scenarios in order, correctness at the end.
 
 Order of phases (each measured phase samples pg_stat_activity and diffs the
-database's counters; a settle pause lets backends flush their statistics):
+database's counters; a settle pause lets backends flush their statistics; read and
+placement at the reference client count and the paced run are profiled, see
+bench.profile):
 
   setup      servers, migrations, admin, the Procfile's processes, products, users
   baselines  hello-world gunicorn, pgbench order transaction, bare Celery chain
@@ -20,13 +22,15 @@ import csv
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
-from bench import baselines, orders_db, paced, wrk
+from bench import baselines, orders_db, paced, profile, wrk
 from bench.api import Api, Users
 from bench.monitor import ConnectionSampler, CpuAccount, DbWork
 from bench.pg import PgClient, database_of, with_database
 from bench.procs import ROOT, Supervisor
+from bench.report import reference_clients
 from bench.stack import Stack, free_port, wait_http
 
 ADMIN_PASSWORD = "bench admin password"
@@ -54,6 +58,7 @@ class Bench:
         self.env: dict[str, str] = dict(os.environ)
         self.results: dict = {"phases": {}, "warnings": []}
         self.run_start = None
+        self.py_spy: str | None = None
 
     # -- helpers ---------------------------------------------------------------------
     def warn(self, msg: str) -> None:
@@ -73,7 +78,8 @@ class Bench:
             time.sleep(self.cfg["settle"])
 
     def measure(self, name: str, fn, *, unit: str, units) -> dict:
-        """Run ``fn`` while sampling connections; diff the database counters around it."""
+        """Run ``fn`` while sampling connections (and profiling, see ``profiler``); diff the database
+        counters around it."""
         log(f"phase {name}")
         before = self.work.snapshot() if self.work else None
         sampler = ConnectionSampler(self.stats.url, self.database) if self.stats else None
@@ -81,11 +87,20 @@ class Bench:
             sampler.__enter__()
         cpu = self.cpu_account()
         cpu.start()
+        profiler = self.profiler(name)
         try:
-            result = fn()
+            with profiler or nullcontext():
+                result = fn()
         finally:
             if sampler:
                 sampler.__exit__(None, None, None)
+        if profiler:
+            cpu.claim(profile.CPU_LABEL, profiler.cpu_seconds)
+            result["profile"] = profiler.summary(self.sup.logs)
+            errors = result["profile"]["errors"]
+            if errors:
+                more = f" (and {len(errors) - 1} more)" if errors[1:] else ""
+                self.warn(f"{name}: py-spy failed: {errors[0]}{more}")
         result["cpu"] = cpu.stop()
         self._check_cpu(name, result["cpu"])
         if sampler:
@@ -99,6 +114,22 @@ class Bench:
             self.warn(f"processes died during {name}: {dead}")
         self.results["phases"][name] = result
         return result
+
+    def profiler(self, name: str) -> profile.PhaseProfile | None:
+        """py-spy over the phases the targets are judged on: read and placement at the reference
+        client count, the paced pipeline run."""
+        ref = reference_clients(self.clients)
+        if not (self.py_spy and self.stack and (name in (f"read@{ref}", f"placement@{ref}")
+                                                 or name.startswith("paced@"))):
+            return None
+        warmup = self.cfg["trim"]
+        seconds = profile.window(self.cfg["duration"], warmup)
+        if seconds < 1:
+            self.warn(f"{name}: not profiled, the phase is too short for a window after its {warmup:g} s warm-up")
+            return None
+        return profile.PhaseProfile(self.sup, self.py_spy, phase=name, warmup=warmup, seconds=seconds,
+                                    targets=profile.targets(self.sup, list(self.stack.celery)),
+                                    out_dir=self.sup.logs / "profiles", env=self.env)
 
     def cpu_account(self) -> CpuAccount:
         def groups() -> dict[int, str]:
@@ -159,6 +190,10 @@ class Bench:
     def _setup_stack(self) -> None:
         cfg = self.cfg
         stack = self.stack = Stack(self.sup, workdir=self.workdir, log=log)
+        if cfg["profile"]:
+            self.py_spy = profile.find_py_spy()
+            if not self.py_spy:
+                self.warn("py-spy is not installed (requirements-bench.txt): the report has no profiles")
         log("starting servers")
         stack.start_servers()
         self.env = stack.build_env()
@@ -354,10 +389,11 @@ class Bench:
                 return r
             self.measure(f"read@{c}", go, unit="request", units=lambda r: r["requests"])
 
-    def _place_wrk(self, tag: str, c: int) -> dict:
+    def _place_wrk(self, tag: str, c: int, tokens_file: Path) -> dict:
+        """``tokens_file`` is written before the measured phase: refreshing tokens is not its load."""
         return wrk.run(self.sup, name=f"wrk-{tag}-{c}", url=self.api.base, connections=c,
                        duration=self.cfg["duration"], env=self.env, mode="place", products_file=self.products_file,
-                       tokens_file=self.tokens_file(), run_id=f"{self.run_id}-{tag}{c}", keys=self.cfg["keys"],
+                       tokens_file=tokens_file, run_id=f"{self.run_id}-{tag}{c}", keys=self.cfg["keys"],
                        max_qty=self.cfg["max_qty"])
 
     def _pipeline_phase(self, name: str, load) -> None:
@@ -390,7 +426,8 @@ class Bench:
             self.stack.start_workers()
             self.probe_pipeline()
         for c in self.clients:
-            self._pipeline_phase(f"pipeline@{c}", lambda c=c: self._place_wrk("pipeline", c))
+            tokens = self.tokens_file()
+            self._pipeline_phase(f"pipeline@{c}", lambda c=c, tokens=tokens: self._place_wrk("pipeline", c, tokens))
 
     def paced_rate(self) -> float | None:
         if self.cfg["paced_rate"]:
@@ -454,9 +491,11 @@ class Bench:
         self.stack.stop_workers()
         first = None
         for c in self.clients:
-            def go(c=c):
+            tokens = self.tokens_file()
+
+            def go(c=c, tokens=tokens):
                 t0 = orders_db.db_now(self.db)
-                r = self._place_wrk("placement", c)
+                r = self._place_wrk("placement", c, tokens)
                 t1 = orders_db.db_now(self.db)
                 placed = orders_db.placed_between(self.db, t0, t1, users)
                 log(f"  placement @{c}: {r['ok_rps']} accepted/s, p50 {r['latency_ms']['p50']} ms, "

@@ -33,8 +33,10 @@ TINY = ["--duration", "2", "--clients", "2,4", "--users", "4", "--products", "3"
 
 
 def _env() -> dict:
-    # The run starts its own embedded servers: the test session's must not leak in.
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BENCH_URL")}
+    # The run starts its own embedded servers and sets the production settings it measures:
+    # the test session's must not leak in.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "REDIS_URL", "BENCH_URL", "APP_ENV", "JWT_SECRET_KEY", "BENCH_PROFILE")}
     env["PYTHONPATH"] = str(ROOT)
     return env
 
@@ -124,9 +126,15 @@ def test_a_tiny_run_writes_both_reports_passes_its_checks_and_leaves_nothing(tmp
     assert all(v["pass"] for v in results["checks"].values() if isinstance(v, dict) and "pass" in v), \
         results["checks"]
     assert results["machine"]["cores"] and results["settings"]["processes"]
+    assert results["settings"]["system"]["app_env"] == "production"
+    assert results["settings"]["bench_overrides"]["JWT_SECRET_KEY"] == "(random per run)"
+    profiled = [n for n, x in phases.items() if "profile" in x]  # the reference client count is 4
+    assert "read@4" in profiled and "placement@4" in profiled and any(n.startswith("paced@") for n in profiled)
+    assert not phases["read@4"]["profile"]["errors"], phases["read@4"]["profile"]["errors"]
     text = reports[0].with_suffix(".md").read_text()
     for heading in ("## Targets (issue 6)", "## Read", "## Placement", "## Pipeline", "## Baselines",
-                    "## Connections", "## Database work", "## Correctness at the end", "## Settings"):
+                    "## Connections", "## Database work", "## Profiles", "## Correctness at the end",
+                    "## Settings"):
         assert heading in text
     assert text.strip() in out  # the Markdown is printed too
     assert not Path(workdir).exists()
