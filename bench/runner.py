@@ -34,6 +34,7 @@ from bench.report import reference_clients
 from bench.stack import Stack, free_port, wait_http
 
 ADMIN_PASSWORD = "bench admin password"
+WARMUP_S = 5  # seconds of unmeasured load before the read and hello-world measurements
 
 
 def log(msg: str) -> None:
@@ -341,6 +342,7 @@ class Bench:
             try:
                 wait_http(self.sup, "hello", f"http://127.0.0.1:{port}/", 30)
                 hello_file = self.write_lines("hello.txt", ["x"])
+                self.warm_up(f"http://127.0.0.1:{port}/", "plain", hello_file)
                 result = self.cpu_of("hello", lambda: wrk.run(
                     self.sup, name="wrk-hello", url=f"http://127.0.0.1:{port}/", connections=cfg["hello_connections"],
                     duration=cfg["baseline_duration"], env=self.env, mode="plain", products_file=hello_file))
@@ -379,7 +381,14 @@ class Bench:
                 self.probe_pipeline()
 
     # -- scenarios ---------------------------------------------------------------------
+    def warm_up(self, url: str, mode: str, products_file: Path) -> None:
+        """An unmeasured wrk run first: the first seconds of a fresh process (imports, caches,
+        pooled connections) are not its steady state, and were a large share of a 10 s run."""
+        wrk.run(self.sup, name=f"wrk-warmup-{mode}", url=url, connections=max(self.clients), duration=WARMUP_S,
+                env=self.env, mode=mode, products_file=products_file)
+
     def run_read(self) -> None:
+        self.warm_up(self.api.base, "read", self.products_file)
         for c in self.clients:
             def go(c=c):
                 r = wrk.run(self.sup, name=f"wrk-read-{c}", url=self.api.base, connections=c,

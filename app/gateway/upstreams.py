@@ -86,6 +86,9 @@ class Upstreams:
 
     # -- circuit breakers ------------------------------------------------------------
     def breaker(self, service: str) -> pybreaker.CircuitBreaker:
+        existing = self._breakers.get(service)  # no lock on the hot path: _refresh holds it across a query
+        if existing is not None:
+            return existing
         with self._lock:
             if service not in self._breakers:
                 self._breakers[service] = ConcurrentBreaker(
