@@ -148,7 +148,8 @@ def _process_groups(pid: int) -> set[int]:
     return groups
 
 
-def _live_members(groups: set[int]) -> list[int]:
+def live_group_members(groups: set[int]) -> list[int]:
+    """Pids of the processes (zombies aside) in any of the process groups ``groups``."""
     import psutil
 
     members = []
@@ -156,14 +157,14 @@ def _live_members(groups: set[int]) -> list[int]:
         try:
             if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) in groups:
                 members.append(proc.pid)
-        except OSError:
+        except (OSError, psutil.Error):
             continue
     return members
 
 
 def _reap_groups(groups: set[int]) -> None:
     """Honcho kills its process groups before it exits; this is the net below, should it not have."""
-    left = _live_members(groups)
+    left = live_group_members(groups)
     if not left:
         return
     logger.warning("processes outlived honcho; terminating them", extra={"pids": left})
@@ -173,7 +174,7 @@ def _reap_groups(groups: set[int]) -> None:
         except OSError:
             pass
     deadline = time.monotonic() + 10.0
-    while _live_members(groups) and time.monotonic() < deadline:
+    while live_group_members(groups) and time.monotonic() < deadline:
         time.sleep(_POLL)
     for group in groups:
         try:

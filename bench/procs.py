@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
+from app.devrun import live_group_members
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,14 +30,7 @@ def _die_with_parent() -> None:
 
 
 def group_members(pgid: int) -> list[int]:
-    members = []
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
-                members.append(proc.pid)
-        except (OSError, psutil.Error):
-            continue
-    return members
+    return live_group_members({pgid})
 
 
 def kill_group(pgid: int, *, leader: int | None = None, timeout: float = 20.0) -> None:

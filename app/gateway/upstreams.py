@@ -47,6 +47,8 @@ class Upstreams:
         self._ejected: dict[str, float] = {}
         self._turn = itertools.count()
         self._lock = threading.Lock()
+        # Its own lock: a refresh waits on a query, which must not hold up finding a breaker.
+        self._refresh_lock = threading.Lock()
         self._breakers: dict[str, pybreaker.CircuitBreaker] = {}
 
     # -- discovery -----------------------------------------------------------------
@@ -54,7 +56,7 @@ class Upstreams:
         now = time.monotonic()
         if now - self._refreshed < self.settings.registry_heartbeat_seconds:
             return
-        with self._lock:
+        with self._refresh_lock:
             if now - self._refreshed < self.settings.registry_heartbeat_seconds:
                 return
             self._refreshed = now
@@ -86,9 +88,6 @@ class Upstreams:
 
     # -- circuit breakers ------------------------------------------------------------
     def breaker(self, service: str) -> pybreaker.CircuitBreaker:
-        existing = self._breakers.get(service)  # no lock on the hot path: _refresh holds it across a query
-        if existing is not None:
-            return existing
         with self._lock:
             if service not in self._breakers:
                 self._breakers[service] = ConcurrentBreaker(
