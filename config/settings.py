@@ -91,7 +91,14 @@ class Settings:
     inventory_timeout: float = 2.0
     inventory_breaker_fail_max: int = 5
     inventory_breaker_reset: float = 10.0
-    task_max_retries: int = 8
+    # Transient failures retry for as long as the outage lasts, the wait between
+    # attempts doubling up to this cap; sweeps re-announce what a lost message stranded.
+    task_retry_backoff_max: float = 60.0
+    reconcile_seconds: float = 10.0
+    order_reannounce_after_seconds: float = 30.0
+    order_reannounce_max_seconds: float = 300.0
+    notification_redeliver_after_seconds: float = 60.0
+    broker_loss_replay_seconds: float = 3600.0
     auth_revocation_fail_open: bool = True
     gateway_breaker_fail_max: int = 5
     gateway_breaker_reset_seconds: float = 10.0
@@ -173,7 +180,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         inventory_timeout=_float(env, "INVENTORY_TIMEOUT_SECONDS", 2.0),
         inventory_breaker_fail_max=_int(env, "INVENTORY_BREAKER_FAIL_MAX", 5),
         inventory_breaker_reset=_float(env, "INVENTORY_BREAKER_RESET_SECONDS", 10.0),
-        task_max_retries=_int(env, "TASK_MAX_RETRIES", 8),
+        task_retry_backoff_max=_float(env, "TASK_RETRY_BACKOFF_MAX_SECONDS", 60.0),
+        reconcile_seconds=_float(env, "RECONCILE_SECONDS", 10.0),
+        order_reannounce_after_seconds=_float(env, "ORDER_REANNOUNCE_AFTER_SECONDS", 30.0),
+        order_reannounce_max_seconds=_float(env, "ORDER_REANNOUNCE_MAX_SECONDS", 300.0),
+        notification_redeliver_after_seconds=_float(env, "NOTIFICATION_REDELIVER_AFTER_SECONDS", 60.0),
+        broker_loss_replay_seconds=_float(env, "BROKER_LOSS_REPLAY_SECONDS", 3600.0),
         auth_revocation_fail_open=_bool(env, "AUTH_REVOCATION_FAIL_OPEN", True),
         gateway_breaker_fail_max=_int(env, "GATEWAY_BREAKER_FAIL_MAX", 5),
         gateway_breaker_reset_seconds=_float(env, "GATEWAY_BREAKER_RESET_SECONDS", 10.0),

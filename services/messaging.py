@@ -71,6 +71,15 @@ async def mark_published(db_or_tx, ids: list[str]) -> None:
         )
 
 
+async def unpublish_since(db, *, seconds: float) -> int:
+    """Mark events published in the last ``seconds`` unpublished, for the sweep to send again."""
+    return await db.fetch_value(
+        "WITH reset AS (UPDATE {{tables.outbox}} SET published_at = NULL "
+        "WHERE published_at > now() - make_interval(secs => $1) RETURNING 1) SELECT count(*) FROM reset",
+        float(seconds),
+    )
+
+
 async def sweep(db: AsyncDatabaseManager, *, publish, limit: int, min_age_seconds: float) -> int:
     """Publish what the after-commit relay left behind; ``publish(events) -> sent ids`` is sync.
 

@@ -27,6 +27,11 @@ app.conf.beat_schedule = {
     "expire-reservations": {"task": "orders.expire_reservations",
                             "schedule": max(1.0, min(30.0, settings.reservation_ttl_seconds / 4)),
                             "options": {"queue": "orders", "expires": 60}},
+    # Nothing stranded by a lost message: see workers/tasks.py and the README ("Faults").
+    "reconcile-orders": {"task": "orders.reconcile", "schedule": settings.reconcile_seconds,
+                         "options": {"queue": "orders", "expires": settings.reconcile_seconds * 2}},
+    "redeliver-notifications": {"task": "notifications.redeliver", "schedule": settings.reconcile_seconds,
+                                "options": {"queue": "notifications", "expires": settings.reconcile_seconds * 2}},
 }
 
 

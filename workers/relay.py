@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
 from opentelemetry import context, propagate
 
 from services import messaging, runtime
@@ -41,6 +42,8 @@ ROUTES: dict[str, tuple[Route, ...]] = {
     "order.rejected": (NOTIFY,),
     "order.fulfilled": (Route("inventory.commit", "inventory"), NOTIFY),
     "order.cancelled": (Route("inventory.release", "inventory"), NOTIFY),
+    "inventory.committed": (Route("orders.settle_stock", "orders"),),
+    "inventory.released": (Route("orders.settle_stock", "orders"),),
 }
 
 OUTBOX_SCHEMAS = ("users", "orders", "inventory")
@@ -135,12 +138,63 @@ def publish(schema: str, events: list[dict]) -> None:
         marker.add(schema, sent)
 
 
-def sweep(*, limit: int = 500, min_age_seconds: float = 2.0) -> int:
+# A key the relay keeps in a Redis broker: when it is gone, the broker lost its data
+# (restarted without persistence, flushed, replaced) and every queued message with it.
+BROKER_EPOCH_KEY = "oms:broker-epoch"
+_broker_client = None
+
+
+def _broker_redis():
+    """A Redis client on the broker, or None when the broker is not Redis."""
+    global _broker_client
+    from workers.celery_app import app
+
+    url = app.conf.broker_url or ""
+    if url.startswith("redis+socket://"):
+        url = "unix://" + url[len("redis+socket://"):]
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    if _broker_client is None:
+        import redis
+
+        _broker_client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=1.0)
+    return _broker_client
+
+
+def replay_if_broker_lost(db, *, window_seconds: float) -> int:
+    """Publish again what the broker may have lost with its data; returns the events requeued.
+
+    Every event published in the last ``window_seconds`` goes back to the outbox sweep:
+    consumers absorb those they had already handled (inbox), and those lost with the
+    broker are handled now. The key is set only after the outbox rows were reset, so a
+    database outage meanwhile only postpones the replay.
+    """
+    client = _broker_redis()
+    if client is None or client.exists(BROKER_EPOCH_KEY):
+        return 0
+    requeued = sum(db.run(messaging.unpublish_since, db.manager(schema), seconds=window_seconds)
+                   for schema in OUTBOX_SCHEMAS)
+    client.set(BROKER_EPOCH_KEY, str(time.time()))
+    if requeued:
+        logger.warning("the broker lost its data; recent events go out again", extra={"events": requeued})
+    return requeued
+
+
+def sweep(*, limit: int = 500, min_age_seconds: float = 2.0, max_batches: int = 20) -> int:
     db = runtime.db()
+    try:
+        replay_if_broker_lost(db, window_seconds=runtime.get().settings.broker_loss_replay_seconds)
+    except (RedisError, *_PUBLISH_ERRORS) as exc:  # the broker is down: nothing can be published now anyway
+        logger.warning("broker unreachable; sweep skipped", extra={"error": type(exc).__name__})
+        return 0
     total = 0
     for schema in OUTBOX_SCHEMAS:
-        total += db.run(
-            messaging.sweep, db.manager(schema), publish=lambda evs: send_events(evs, retry=True),
-            limit=limit, min_age_seconds=min_age_seconds, timeout=60,
-        )
+        for _ in range(max_batches):
+            sent = db.run(
+                messaging.sweep, db.manager(schema), publish=lambda evs: send_events(evs, retry=True),
+                limit=limit, min_age_seconds=min_age_seconds, timeout=60,
+            )
+            total += sent
+            if sent < limit:
+                break
     return total

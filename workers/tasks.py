@@ -1,14 +1,25 @@
 """Celery tasks: thin, idempotent, one service call each, named <domain>.<verb>.
 
-Transient failures (database or a dependency unavailable) retry with exponential
-backoff and jitter, a bounded number of times; anything that gives up lands in
-the dead_letters table with its arguments, to be redriven by the CLI.
+A message is acknowledged only once its effect or its dead letter is recorded:
+
+- a transient failure (database, broker, SMTP or a provider unavailable, a deadlock,
+  a time limit) retries for as long as the outage lasts, the wait doubling up to
+  ``TASK_RETRY_BACKOFF_MAX_SECONDS`` (with jitter), with no count limit;
+- any other failure is recorded in ``public.dead_letters`` (to be redriven from the
+  CLI); if even that record cannot be written, the task retries like a transient
+  failure, so the message stays in the broker until one of the two is recorded.
+
+What a lost message would strand, the beat sweeps re-announce (``orders.reconcile``,
+``notifications.redeliver``, ``outbox.sweep``). Log lines carry ids, never payloads.
 """
 from __future__ import annotations
 
+import functools
 import logging
 
+import asyncpg
 from celery import Task
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 
 from services import dead_letters, runtime
@@ -21,34 +32,75 @@ from workers.celery_app import app, settings
 
 logger = logging.getLogger(__name__)
 
+TRANSIENT = (
+    Unavailable,  # database or a dependency down (DeliveryPending, RecipientUnknown are kinds of it)
+    OperationalError,  # the broker, while publishing what a transaction emitted
+    asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure
+    SoftTimeLimitExceeded,
+)
+
 
 class DomainTask(Task):
-    autoretry_for = (Unavailable, OperationalError)
+    autoretry_for = TRANSIENT
     retry_backoff = 1
-    retry_backoff_max = 60
+    retry_backoff_max = int(settings.task_retry_backoff_max)
     retry_jitter = True
-    max_retries = settings.task_max_retries
+    max_retries = None  # transient failures retry for as long as they last
     acks_late = True
     reject_on_worker_lost = True
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo):
-        logger.error("task gave up; recorded as a dead letter",
-                     extra={"task": self.name, "task_id": task_id, "error": repr(exc)})
+    def retry(self, *args, **kwargs):
+        # Celery drops the message (Reject, requeue=False) when it cannot publish the
+        # retry, e.g. the broker went away meanwhile: give it back to the broker instead.
         try:
-            db = runtime.db()
-            db.run(
-                dead_letters.record, db.manager(dead_letters.SCHEMA), task_name=self.name, task_id=task_id,
-                queue=(self.request.delivery_info or {}).get("routing_key"), args=list(args),
-                kwargs=dict(kwargs), error=f"{type(exc).__name__}: {exc}", attempts=self.request.retries + 1,
-            )
-        except Exception:
-            logger.critical("could not record a dead letter", exc_info=True,
-                            extra={"task": self.name, "task_id": task_id, "task_args": args})
+            return super().retry(*args, **kwargs)
+        except Reject as exc:
+            if exc.requeue:
+                raise
+            raise Reject(exc.reason, requeue=True) from None
+
+
+def _event_id(args: tuple) -> str | None:
+    return args[0].get("id") if args and isinstance(args[0], dict) else None
+
+
+def _dead_letter(task: Task, args: tuple, kwargs: dict, exc: Exception) -> None:
+    """Record a message that cannot succeed; raises ``Unavailable`` if the record cannot be written."""
+    request = task.request
+    db = runtime.db()
+    db.run(
+        dead_letters.record, db.manager(dead_letters.SCHEMA), task_name=task.name, task_id=request.id,
+        queue=(request.delivery_info or {}).get("routing_key"), args=list(args), kwargs=dict(kwargs),
+        error=f"{type(exc).__name__}: {exc}", attempts=request.retries + 1,
+    )
+    logger.error("task failed permanently; recorded as a dead letter",
+                 extra={"task": task.name, "task_id": request.id, "event_id": _event_id(args),
+                        "error": type(exc).__name__})
 
 
 def task(name: str, queue: str):
-    # Queues come from task_routes (config/celery.py); ``queue`` documents it here.
-    return app.task(name=name, base=DomainTask)
+    """A domain task (queue from ``task_routes``; ``queue`` documents it here)."""
+    def decorate(fn):
+        @app.task(name=name, base=DomainTask, bind=True)
+        @functools.wraps(fn)
+        def run(self, *args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except TRANSIENT as exc:
+                logger.warning("task will retry", extra={"task": name, "task_id": self.request.id,
+                                                          "event_id": _event_id(args), "retries": self.request.retries,
+                                                          "error": type(exc).__name__})
+                raise
+            except Exception as exc:  # a bug or a poison message: dead-letter it (or retry until we can)
+                _dead_letter(self, args, kwargs, exc)
+                return None
+        return run
+    return decorate
+
+
+def periodic(name: str):
+    """A beat task: no retries and no dead letters; the next tick runs it again."""
+    return app.task(name=name, acks_late=False, ignore_result=True)
 
 
 # Events a task's transaction emits are published by the service right after commit.
@@ -80,14 +132,14 @@ def fulfil(event: dict) -> None:
     orders.fulfil_order(event=event)
 
 
-@task("orders.expire_reservations", "orders")
-def expire_reservations() -> int:
-    return orders.expire_reservations()
+@task("orders.settle_stock", "orders")
+def settle_stock(event: dict) -> None:
+    orders.settle_stock(event=event)
 
 
-@app.task(name="notifications.notify", base=DomainTask, bind=True)
-def notify(self, event: dict) -> None:
-    notifications.notify(event=event, final_attempt=self.request.retries >= self.max_retries)
+@task("notifications.notify", "notifications")
+def notify(event: dict) -> None:
+    notifications.notify(event=event)
 
 
 @task("notifications.remember_recipient", "notifications")
@@ -95,6 +147,21 @@ def remember_recipient(event: dict) -> None:
     notifications.remember_recipient(event=event)
 
 
-@task("outbox.sweep", "outbox")
+@periodic("orders.expire_reservations")
+def expire_reservations() -> int:
+    return orders.expire_reservations()
+
+
+@periodic("orders.reconcile")
+def reconcile() -> int:
+    return orders.reannounce_stranded()
+
+
+@periodic("notifications.redeliver")
+def redeliver() -> int:
+    return notifications.redeliver_stale()
+
+
+@periodic("outbox.sweep")
 def sweep() -> int:
     return relay.sweep()

@@ -116,10 +116,13 @@ async def _test_hold(point: str) -> None:
 async def reserve(db, *, event_id: str, order_id: uuid.UUID, lines: list[dict], ttl_seconds: int) -> dict | None:
     """Hold every line of the order, or none of them. Returns the emitted event (None: nothing to do)."""
     async with db.transaction() as tx:
-        if not await messaging.first_delivery(tx, event_id=event_id, consumer="inventory.reserve"):
-            return None
-        if await tx.fetch_value("SELECT true FROM {{tables.reservations}} WHERE order_id = $1", order_id):
-            return None  # already reserved, or cancelled before we got here (tombstone)
+        first = await messaging.first_delivery(tx, event_id=event_id, consumer="inventory.reserve")
+        if not first or await tx.fetch_value("SELECT true FROM {{tables.reservations}} WHERE order_id = $1",
+                                             order_id):
+            # Seen before (a redelivery, or orders re-announcing a pending order because our
+            # answer was lost): answer again with the outcome we emitted then. A tombstone
+            # (cancelled before we got here) has no outcome: the cancellation settles it.
+            return await _last_event(tx, order_id, (events.RESERVED, events.REJECTED))
         quantities: dict[uuid.UUID, int] = {}
         for line in lines:
             pid = uuid.UUID(str(line["product_id"]))
@@ -188,14 +191,27 @@ async def _held_lines(tx, order_id: uuid.UUID) -> tuple[list, list] | None:
     return [l["product_id"] for l in lines], [l["quantity"] for l in lines]
 
 
-async def commit(db, *, event_id: str, order_id: uuid.UUID) -> bool:
-    """The order was fulfilled: held stock leaves (on_hand and reserved both go down)."""
+async def _last_event(tx, order_id: uuid.UUID, types: tuple[str, ...]) -> dict | None:
+    """The newest event of these types this schema emitted for the order, to announce again."""
+    row = await tx.fetch_one(
+        "SELECT id, event_type, payload, headers, created_at FROM {{tables.outbox}} "
+        "WHERE aggregate_id = $1 AND event_type = ANY($2::text[]) ORDER BY created_at DESC LIMIT 1",
+        order_id, list(types),
+    )
+    return messaging.envelope(row) if row else None
+
+
+async def commit(db, *, event_id: str, order_id: uuid.UUID) -> dict | None:
+    """The order was fulfilled: held stock leaves (on_hand and reserved both go down).
+
+    Returns ``inventory.committed``, which tells orders the stock effect is done; a
+    duplicate gets the same confirmation again (the first one may have been lost).
+    """
     async with db.transaction() as tx:
-        if not await messaging.first_delivery(tx, event_id=event_id, consumer="inventory.commit"):
-            return False
-        held = await _held_lines(tx, order_id)
+        first = await messaging.first_delivery(tx, event_id=event_id, consumer="inventory.commit")
+        held = await _held_lines(tx, order_id) if first else None
         if held is None:
-            return False
+            return await _last_event(tx, order_id, (events.COMMITTED,))
         ids, qtys = held
         await tx.execute(
             "UPDATE {{tables.products}} p SET on_hand = p.on_hand - w.q, reserved = p.reserved - w.q, "
@@ -211,24 +227,33 @@ async def commit(db, *, event_id: str, order_id: uuid.UUID) -> bool:
             "UPDATE {{tables.reservations}} SET status = 'committed', updated_at = now() WHERE order_id = $1",
             order_id,
         )
-        return True
+        return await messaging.add_event(tx, event_type=events.COMMITTED, aggregate_id=order_id,
+                                         payload={"order_id": str(order_id)})
 
 
 async def release(db, *, event_id: str, order_id: uuid.UUID, reason: str) -> dict | None:
-    """The order was cancelled: held stock returns; an order not reserved yet gets a tombstone."""
+    """The order was cancelled: held stock returns; an order not reserved yet gets a tombstone.
+
+    Always answers ``inventory.released``, which tells orders nothing is held for the
+    order any more (a duplicate gets the same answer again).
+    """
     async with db.transaction() as tx:
         if not await messaging.first_delivery(tx, event_id=event_id, consumer="inventory.release"):
-            return None
+            return await _last_event(tx, order_id, (events.RELEASED,))
         inserted = await tx.fetch_value(
             "INSERT INTO {{tables.reservations}} (order_id, status, reason) VALUES ($1, 'released', $2) "
             "ON CONFLICT (order_id) DO NOTHING RETURNING true",
             order_id, reason,
         )
-        if inserted:
-            return None  # nothing was held; a late reserve will find the tombstone
-        held = await _held_lines(tx, order_id)
+        held = None if inserted else await _held_lines(tx, order_id)
         if held is None:
-            return None
+            # Nothing held: a tombstone a late reserve will find, or a reservation that was
+            # refused or released already. A committed one cannot be cancelled (orders is
+            # the arbiter), so there is nothing to give back either way.
+            return (await _last_event(tx, order_id, (events.RELEASED,))) or await messaging.add_event(
+                tx, event_type=events.RELEASED, aggregate_id=order_id,
+                payload={"order_id": str(order_id), "reason": reason},
+            )
         ids, qtys = held
         await tx.execute(
             "UPDATE {{tables.products}} p SET reserved = p.reserved - w.q, updated_at = now() "

@@ -63,8 +63,8 @@ def reserve_order(*, event: dict) -> None:
     ))
 
 
-def commit_order(*, event: dict) -> bool:
-    return _run(repository.commit, event_id=event["id"], order_id=uuid.UUID(event["payload"]["order_id"]))
+def commit_order(*, event: dict) -> None:
+    _publish(_run(repository.commit, event_id=event["id"], order_id=uuid.UUID(event["payload"]["order_id"])))
 
 
 def release_order(*, event: dict) -> None:

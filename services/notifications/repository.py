@@ -7,6 +7,11 @@ from datetime import datetime
 from services import messaging, pagination
 from services.notifications.errors import RecipientUnknown
 
+# A sender claims the notifications it is about to send for this long: neither a retry of
+# the task nor the redelivery sweep sends them meanwhile. Longer than any send can take
+# (SMTP and webhook timeouts are seconds); a sender that died frees them when it passes.
+CLAIM_SECONDS = 120.0
+
 NOTIFICATION = ("id, user_id, event_id, channel, template, recipient, subject, body_text, body_html, status, "
                 "attempts, last_error, created_at, updated_at, sent_at")
 
@@ -55,10 +60,24 @@ async def prepare(db, *, event: dict, render) -> list[dict]:
                     row["subject"], row["body_text"], row["body_html"],
                 )
         return await tx.fetch_all(
-            "SELECT " + NOTIFICATION + " FROM {{tables.notifications}} WHERE event_id = $1 AND status = 'pending' "
-            "ORDER BY channel",
-            event_id,
+            "UPDATE {{tables.notifications}} SET claimed_until = now() + make_interval(secs => $2) "
+            "WHERE event_id = $1 AND status = 'pending' AND (claimed_until IS NULL OR claimed_until < now()) "
+            "RETURNING " + NOTIFICATION,
+            event_id, CLAIM_SECONDS,
         )
+
+
+async def claim_stale(db, *, older_than_seconds: float, limit: int) -> list[dict]:
+    """Pending notifications nobody has tried for a while (their retry message was lost), claimed."""
+    return await db.fetch_all(
+        "UPDATE {{tables.notifications}} SET claimed_until = now() + make_interval(secs => $3) "
+        "WHERE id IN (SELECT id FROM {{tables.notifications}} WHERE status = 'pending' "
+        "  AND updated_at < now() - make_interval(secs => $1) "
+        "  AND (claimed_until IS NULL OR claimed_until < now()) "
+        "  ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED) "
+        "RETURNING " + NOTIFICATION,
+        float(older_than_seconds), limit, CLAIM_SECONDS,
+    )
 
 
 async def record(db, *, outcomes: list[tuple[uuid.UUID, str, str | None]]) -> None:
@@ -67,6 +86,7 @@ async def record(db, *, outcomes: list[tuple[uuid.UUID, str, str | None]]) -> No
         for notification_id, outcome, error in outcomes:
             attempt = await tx.fetch_value(
                 "UPDATE {{tables.notifications}} SET attempts = attempts + 1, last_error = $3, updated_at = now(), "
+                "claimed_until = NULL, "
                 "status = CASE $2 WHEN 'retry' THEN 'pending' ELSE $2 END, "
                 "sent_at = CASE $2 WHEN 'sent' THEN now() ELSE sent_at END "
                 "WHERE id = $1 AND status = 'pending' RETURNING attempts",

@@ -72,32 +72,46 @@ def remember_recipient(*, event: dict) -> None:
     _run(repository.update_recipient, event_id=event["id"], profile=event["payload"])
 
 
-def notify(*, event: dict, final_attempt: bool = False) -> None:
+def notify(*, event: dict) -> None:
     """Create this event's notifications once, then deliver those not delivered yet.
 
     A delivered notification is never sent again: a retry of this task finds it
-    ``sent`` and skips it. Transient failures raise ``DeliveryPending`` (the task
-    retries); on the final attempt, and on permanent failures, they become ``failed``.
+    ``sent`` and skips it, and a sender claims what it sends (``repository.prepare``),
+    so a retry and the redelivery sweep never send one at the same time. Transient
+    failures raise ``DeliveryPending`` (the task retries for as long as the outage
+    lasts); permanent ones become ``failed``.
     """
     pending = _run(repository.prepare, event=event, render=_renderer(event))
-    outcomes, retry = [], []
+    retry = _deliver(pending)
+    if retry:
+        raise DeliveryPending(f"{retry} notification(s) to retry")
+
+
+def redeliver_stale(*, limit: int = 200) -> int:
+    """Deliver pending notifications whose retry was lost (beat, ``notifications.redeliver``)."""
+    stale = _run(repository.claim_stale, limit=limit,
+                 older_than_seconds=runtime.get().settings.notification_redeliver_after_seconds)
+    _deliver(stale)
+    return len(stale)
+
+
+def _deliver(pending: list[dict]) -> int:
+    """Send each claimed notification and record every outcome; returns how many to retry."""
+    outcomes, retry = [], 0
     for notification in pending:
         try:
             with _tracer.start_as_current_span(f"notifications.send {notification['channel']}"):
                 transports_()[notification["channel"]].send(notification)
             outcomes.append((notification["id"], "sent", None))
         except DeliveryFailed as exc:
-            give_up = exc.permanent or final_attempt
-            outcomes.append((notification["id"], "failed" if give_up else "retry", str(exc)))
+            outcomes.append((notification["id"], "failed" if exc.permanent else "retry", str(exc)))
             logger.warning("delivery failed", extra={"notification_id": str(notification["id"]),
                                                       "channel": notification["channel"], "error": str(exc),
-                                                      "permanent": exc.permanent, "final": give_up})
-            if not give_up:
-                retry.append(notification["id"])
+                                                      "permanent": exc.permanent})
+            retry += not exc.permanent
     if outcomes:
         _run(repository.record, outcomes=outcomes)
-    if retry:
-        raise DeliveryPending(f"{len(retry)} notification(s) to retry")
+    return retry
 
 
 def list_notifications(*, user_id: uuid.UUID, limit: int = 20, cursor: str | None = None) -> dict:

@@ -115,7 +115,8 @@ async def _transition(tx, *, order_id: uuid.UUID, to: str, reason: str | None, f
                       event_type: str) -> tuple[dict, dict] | None:
     changed = await tx.fetch_value(
         "UPDATE {{tables.orders}} SET status = $2, reason = $3, updated_at = now(), "
-        "reserved_at = CASE WHEN $2 = 'reserved' THEN now() ELSE reserved_at END "
+        "reserved_at = CASE WHEN $2 = 'reserved' THEN now() ELSE reserved_at END, "
+        "announced_at = now(), announcements = 0 "
         "WHERE id = $1 AND status = ANY($4::text[]) RETURNING true",
         order_id, to, reason, list(from_),
     )
@@ -193,3 +194,47 @@ async def expire_reservations(db, *, ttl_seconds: int, limit: int) -> list[dict]
             if result:
                 emitted.append(result[1])
     return emitted
+
+
+# -- reconciliation: nothing stranded by a lost message -------------------------------
+# The event an order re-announces in each state that still waits for inventory.
+_AWAITED = {"pending": events.PLACED, "fulfilled": events.FULFILLED, "cancelled": events.CANCELLED}
+
+
+async def reannounce_due(db, *, after_seconds: float, max_seconds: float, limit: int) -> list[dict]:
+    """The original events of orders still waiting for inventory past their bound.
+
+    Pending orders wait for a reservation outcome; fulfilled and cancelled ones for
+    inventory to confirm the stock effect (``stock_settled_at``). The bound doubles
+    with each announcement, up to ``max_seconds``. The same event (same id) goes out
+    again, so a consumer that already has it absorbs it in its inbox and answers
+    with its own outcome again.
+    """
+    async with db.transaction() as tx:
+        rows = await tx.fetch_all(
+            "WITH due AS ("
+            "  SELECT id FROM {{tables.orders}} "
+            "  WHERE (status = 'pending' OR (status IN ('fulfilled', 'cancelled') AND stock_settled_at IS NULL)) "
+            "    AND announced_at < now() - make_interval(secs => $1) "
+            "    AND announced_at < now() - make_interval(secs => least($1 * power(2, least(announcements, 20)), $2)) "
+            "  ORDER BY announced_at LIMIT $3 FOR UPDATE SKIP LOCKED), "
+            "bumped AS ("
+            "  UPDATE {{tables.orders}} o SET announced_at = now(), announcements = o.announcements + 1 "
+            "  FROM due WHERE o.id = due.id RETURNING o.id, o.status) "
+            "SELECT DISTINCT ON (e.aggregate_id) e.id, e.event_type, e.payload, e.headers, e.created_at "
+            "FROM bumped b JOIN {{tables.outbox}} e ON e.aggregate_id = b.id "
+            "  AND e.event_type = CASE b.status WHEN 'pending' THEN $4 WHEN 'fulfilled' THEN $5 ELSE $6 END "
+            "ORDER BY e.aggregate_id, e.created_at DESC",
+            float(after_seconds), float(max_seconds), limit,
+            _AWAITED["pending"], _AWAITED["fulfilled"], _AWAITED["cancelled"],
+        )
+    return [messaging.envelope(r) for r in rows]
+
+
+async def settle_stock(db, *, order_id: uuid.UUID) -> bool:
+    """Inventory confirmed the stock effect of a fulfilled or cancelled order."""
+    return bool(await db.fetch_value(
+        "UPDATE {{tables.orders}} SET stock_settled_at = now() "
+        "WHERE id = $1 AND stock_settled_at IS NULL AND status IN ('fulfilled', 'cancelled') RETURNING true",
+        order_id,
+    ))

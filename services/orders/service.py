@@ -112,3 +112,17 @@ def expire_reservations(*, limit: int = 500) -> int:
                   limit=limit)
     _publish(*events)
     return len(events)
+
+
+def settle_stock(*, event: dict) -> None:
+    """inventory.committed / inventory.released: the order's stock effect is confirmed."""
+    _run(repository.settle_stock, order_id=uuid.UUID(event["payload"]["order_id"]))
+
+
+def reannounce_stranded(*, limit: int = 500) -> int:
+    """Re-announce orders still waiting for inventory past their bound (beat, ``orders.reconcile``)."""
+    settings = runtime.get().settings
+    events = _run(repository.reannounce_due, after_seconds=settings.order_reannounce_after_seconds,
+                  max_seconds=settings.order_reannounce_max_seconds, limit=limit)
+    _publish(*events)
+    return len(events)
