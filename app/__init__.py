@@ -20,9 +20,8 @@ def create_app(service: str, settings: Settings | None = None) -> Flask:
 
     tracing.configure(service)
 
-    from flask_smorest import Api
-
-    from app import errors, ops
+    from app import errors, guard, ops
+    from app.blueprint import Api
     from services.users.sessions import store as sessions
 
     app = Flask(f"oms.{service}")
@@ -44,6 +43,12 @@ def create_app(service: str, settings: Settings | None = None) -> Flask:
 
     init_jwt(app, settings, is_revoked=lambda **kw: sessions().is_revoked(**kw))
     ready_checks = {"postgres": ops.check_database, "redis": ops.check_redis}
+    # Hooks run in the order registered: the trace span, request id and access log first,
+    # then the refusals no rule may see (non-canonical paths, oversized bodies), then the
+    # rules (limits, routing, auth), so that every answer, a refusal too, is traced and logged.
+    tracing.instrument_flask(app)
+    ops.register(app, service=service, ready_checks=ready_checks)
+    guard.init_app(app)
     if service == "gateway":
         from app.gateway import proxy
 
@@ -55,8 +60,6 @@ def create_app(service: str, settings: Settings | None = None) -> Flask:
         from workers.relay import publish
 
         runtime.set_publisher(publish)  # committed outbox events go to Celery right away
-    ops.register(app, service=service, ready_checks=ready_checks)
-    tracing.instrument_flask(app)
     tracing.instrument_celery()  # trace context into the tasks this process publishes
     return app
 
@@ -70,6 +73,8 @@ def _blueprints(service: str) -> list:
         from app.inventory.views import blp
     elif service == "notifications":
         from app.notifications.views import blp
+    elif service == "gateway":
+        from app.gateway.views import blp  # its own operations (/api/services); the rest is forwarded
     else:
         return []
     return [blp]

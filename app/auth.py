@@ -1,11 +1,15 @@
 """JWT verification and issuance (flask-jwt-extended), the same on every process.
 
 Every failure - missing, malformed, expired, wrongly signed, `alg: none`, wrong
-type, revoked - is a 401 problem with `WWW-Authenticate: Bearer`.
+type, revoked - is a 401 problem with `WWW-Authenticate: Bearer`. A token is revoked
+when its session (`fam`) was logged out or the user ended every session since it was
+issued (its `gen` is older); while that cannot be checked (Redis down) the answer is
+503 unless AUTH_REVOCATION_FAIL_OPEN. No token outlives its session's end (`sxp`).
 """
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import timedelta
 from functools import wraps
@@ -21,9 +25,9 @@ from flask_jwt_extended import (
 
 from app.errors import problem
 from config.settings import Settings
+from services.errors import Forbidden, Unavailable
 
 logger = logging.getLogger(__name__)
-from services.errors import Forbidden, Unavailable
 
 
 def init_jwt(app: Flask, settings: Settings, *, is_revoked) -> JWTManager:
@@ -51,11 +55,11 @@ def init_jwt(app: Flask, settings: Settings, *, is_revoked) -> JWTManager:
 
     @jwt.token_in_blocklist_loader
     def _revoked(header, payload) -> bool:
-        family = payload.get("fam")
-        if not family:
+        family, user_id = payload.get("fam"), payload.get("sub")
+        if not family or not user_id:
             return True
         try:
-            return is_revoked(family=family)
+            return is_revoked(family=family, user_id=user_id, generation=int(payload.get("gen", 0)))
         except Unavailable:
             if settings.auth_revocation_fail_open:
                 # Redis down: signature and expiry still hold; a token revoked in the
@@ -67,14 +71,22 @@ def init_jwt(app: Flask, settings: Settings, *, is_revoked) -> JWTManager:
     return jwt
 
 
-def issue_tokens(*, user_id, role: str, family: str, refresh_jti: str, access_ttl: int) -> dict:
+def issue_tokens(*, user_id, role: str, generation: int, family: str, refresh_jti: str,
+                 refresh_expires_at: int, session_ends_at: int, access_ttl: int) -> dict:
+    """A token pair for a session grant (services.users.service); neither outlives the session."""
     identity = str(user_id)
-    claims = {"fam": family, "role": role}
+    now = int(time.time())
+    access_expires_at = min(now + access_ttl, session_ends_at)
+    claims = {"fam": family, "role": role, "gen": generation, "sxp": session_ends_at}
     return {
-        "access_token": create_access_token(identity, additional_claims={**claims, "jti": uuid.uuid4().hex}),
-        "refresh_token": create_refresh_token(identity, additional_claims={**claims, "jti": refresh_jti}),
+        "access_token": create_access_token(
+            identity, additional_claims={**claims, "jti": uuid.uuid4().hex, "exp": access_expires_at}
+        ),
+        "refresh_token": create_refresh_token(
+            identity, additional_claims={**claims, "jti": refresh_jti, "exp": refresh_expires_at}
+        ),
         "token_type": "Bearer",
-        "expires_in": access_ttl,
+        "expires_in": max(access_expires_at - now, 0),
     }
 
 

@@ -1,4 +1,8 @@
-"""``python -m app <command>``: migrate, create-admin, run (the whole system for development)."""
+"""``python -m app <command>``: migrate, create-admin, run (the whole system for development).
+
+``migrate`` connects as the owner DATABASE_URL names; the other commands, which serve
+several domains, as the worker role (services/roles.py).
+"""
 from __future__ import annotations
 
 import argparse
@@ -18,19 +22,14 @@ def _setup(name: str):
 
 
 def cmd_migrate(args) -> int:
-    from services import migrations, runtime
+    from services import migrations
 
     settings = _setup("migrate")
-    import anyio
-
-    anyio.run(migrations.ensure_database, settings.database_url)
-    rt = runtime.start(settings, name="migrate")
-    try:
-        applied = rt.db.run(migrations.apply_all, rt.db, timeout=300)
-    finally:
-        runtime.stop()
+    # As the owner DATABASE_URL names; every other command logs in as the worker role.
+    applied = migrations.migrate(settings)
     for schema, files in applied.items():
         logger.info("migrated", extra={"schema": schema, "applied": files})
+    logger.info("database roles ready", extra={"role_prefix": settings.role_prefix})
     return 0
 
 
@@ -52,7 +51,8 @@ def cmd_create_admin(args) -> int:
         return 1
     finally:
         runtime.stop()
-    logger.info("admin ready", extra={"user_id": str(user["id"]), "email": user["email"]})
+    # The id, never the email: logs carry no personal data.
+    logger.info("admin ready", extra={"user_id": str(user["id"])})
     return 0
 
 

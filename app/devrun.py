@@ -1,8 +1,9 @@
 """``python -m app run`` (``make run``): the whole system on one machine, for development.
 
 With DATABASE_URL / REDIS_URL unset it starts embedded PostgreSQL and Redis under
-the data folder (``OMS_DATA_DIR``, default ``var/``), migrates, creates the admin,
-then runs the Procfile under honcho. Ctrl-C or SIGTERM stops everything; so does
+the data folder (``OMS_DATA_DIR``, default ``var/``), migrates (which creates the
+database roles the processes log in as), creates the admin, then runs the Procfile
+under honcho. Ctrl-C or SIGTERM stops everything; so does
 the death of any Procfile process. Servers it started are stopped on every path.
 """
 from __future__ import annotations
@@ -288,9 +289,15 @@ def _run(env: dict[str, str], data_dir: Path, signals: _Signals, servers: list) 
     shown = settings.redacted()
     logger.info("servers", extra={"database_url": shown["database_url"], "redis_url": shown["redis_url"]})
 
+    # Migrations run as the user DATABASE_URL names (the embedded server's superuser) and
+    # create the database roles; every other process logs in as its own (services/roles.py).
     returncode = _run_step([sys.executable, "-m", "app", "migrate"], child_env, signals, what="migrations")
     if returncode != 0:
         return returncode or 0
+    from services import roles
+
+    logger.info("processes log in to PostgreSQL as their own roles",
+                extra={"roles": sorted(roles.names(settings.role_prefix).values())})
     if env.get("ADMIN_EMAIL") and env.get("ADMIN_PASSWORD"):
         # The password travels in the environment (ADMIN_PASSWORD), not on a command line.
         returncode = _run_step(

@@ -6,9 +6,11 @@ unexpected exceptions are mapped here; nothing internal reaches a client.
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, Response, json, request
+from marshmallow import INCLUDE, Schema, fields, validate
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from services.errors import DomainError, Unavailable
@@ -16,6 +18,47 @@ from services.errors import DomainError, Unavailable
 logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+
+
+class ProblemSchema(Schema):
+    """What ``problem_document`` writes, for the OpenAPI documents (never used to load or dump)."""
+
+    class Meta:
+        unknown = INCLUDE  # RFC 9457 extension members
+
+    type = fields.String(required=True, metadata={
+        "format": "uri-reference", "example": "/problems/validation-error",
+        "description": "about:blank, or /problems/<slug> for the domain's own errors"})
+    title = fields.String(required=True, metadata={"example": "Validation failed"})
+    status = fields.Integer(required=True, validate=validate.Range(min=400, max=599))
+    detail = fields.String(required=True, metadata={"example": "the request body failed validation"})
+    errors = fields.Dict(
+        keys=fields.String(), values=fields.List(fields.String()),
+        metadata={"description": "Validation failures: field (dotted path) -> messages",
+                  "example": {"items.0.quantity": ["Must be greater than or equal to 1 and less than or equal to 1000."]}},
+    )
+
+
+def problem_document(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    type_: str = "about:blank",
+    errors: dict[str, list[str]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The RFC 9457 body; also what the gunicorn worker writes for refusals no app sees."""
+    body: dict[str, Any] = {
+        "type": type_,
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if errors:
+        body["errors"] = errors
+    body.update(extra)
+    return body
 
 
 def problem(
@@ -28,17 +71,7 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> Response:
-    from http import HTTPStatus
-
-    body: dict[str, Any] = {
-        "type": type_,
-        "title": title or HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-    }
-    if errors:
-        body["errors"] = errors
-    body.update(extra)
+    body = problem_document(status, detail, title=title, type_=type_, errors=errors, **extra)
     response = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
     if status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
@@ -107,6 +140,9 @@ def handle_http_exception(error: HTTPException) -> Response:
         headers = {**headers, "Allow": ", ".join(error.valid_methods)}
     if status == 400 and errors and "body" in errors:
         detail, errors = _DETAILS[400], None
+    if status == 413:
+        # The rest of the body stays unread: the server closes the connection, and says so.
+        headers = {**headers, "Connection": "close"}
     return problem(status, detail, errors=errors, headers=headers)
 
 
@@ -124,10 +160,21 @@ def handle_domain_error(error: DomainError) -> Response:
     )
 
 
+def _malformed_body(error: BaseException) -> bool:
+    """gunicorn raises its parse errors (a bad chunk size, say) from the body stream the app reads."""
+    try:
+        from gunicorn.http.errors import ParseException
+    except ImportError:  # another WSGI server
+        return False
+    return isinstance(error, ParseException)
+
+
 def handle_unexpected(error: BaseException) -> Response:
     original = getattr(error, "original_exception", None) or error
     if isinstance(original, DomainError):
         return handle_domain_error(original)
+    if _malformed_body(original):
+        return problem(400, "the request body is not valid HTTP/1.1 framing", headers={"Connection": "close"})
     logger.error(
         "unhandled error on %s %s", request.method, request.path, exc_info=original
     )

@@ -1,13 +1,23 @@
-"""What every HTTP process has: request ids, access log, metrics, /health, /ready, /metrics."""
+"""What every HTTP process has: request ids, access log, metrics, /health, /ready, /metrics.
+
+/health is open to everyone. /ready and /metrics answer only clients in
+OPS_ALLOWED_NETWORKS (a 404 like any unknown path to others): the client is the
+socket peer, or, when the peer is one of OPS_TRUSTED_PROXIES, the nearest address in
+X-Forwarded-For that is not. Readiness is checked at most once per READY_CACHE_SECONDS
+per process, however many ask.
+"""
 from __future__ import annotations
 
+import ipaddress
 import logging
+import threading
 import time
 import uuid
+from functools import wraps
 from typing import Callable
 
 import structlog
-from flask import Blueprint, Flask, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, abort, g, jsonify, request
 
 from app import metrics
 from app.errors import problem
@@ -44,7 +54,89 @@ def check_redis() -> None:
         raise Unavailable("redis is unavailable") from None
 
 
+def _address(text: str | None):
+    try:
+        address = ipaddress.ip_address((text or "").strip())
+    except ValueError:
+        return None
+    return address.ipv4_mapped or address if address.version == 6 else address
+
+
+def client_address(*, trusted_proxies: tuple):
+    """The client's IP address, or None when it cannot be told (a unix socket, a malformed header)."""
+    address = _address(request.remote_addr)
+    if address is None or not any(address in net for net in trusted_proxies):
+        return address
+    # Each proxy appends the address it was reached from: walk back over our own proxies.
+    hops = [hop for hop in request.headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
+    for hop in reversed(hops):
+        address = _address(hop)
+        if address is None or not any(address in net for net in trusted_proxies):
+            return address
+    return address
+
+
+def internal_only(view, *, allowed: tuple, trusted_proxies: tuple):
+    """Serve ``view`` to clients in ``allowed`` networks; to anyone else the path does not exist."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        address = client_address(trusted_proxies=trusted_proxies)
+        if address is None or not any(address in net for net in allowed):
+            abort(404)
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+class Readiness:
+    """The readiness checks, run at most once per ``ttl`` seconds; concurrent askers share one run."""
+
+    def __init__(self, checks: dict[str, Callable[[], None]], *, ttl: float):
+        self.checks = checks
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._result: tuple[dict, list] | None = None
+        self._at = 0.0
+
+    def result(self) -> tuple[dict, list]:
+        """({check: "ok" or what failed}, [failed check names])."""
+        cached = self._fresh()
+        if cached is not None:
+            return cached
+        with self._lock:
+            cached = self._fresh()  # another thread ran them while this one waited
+            if cached is not None:
+                return cached
+            result = self._run()
+            self._result, self._at = result, time.monotonic()
+            return result
+
+    def _fresh(self):
+        result = self._result
+        return result if result is not None and time.monotonic() - self._at < self.ttl else None
+
+    def _run(self) -> tuple[dict, list]:
+        checks, failed = {}, []
+        for name, check in list(self.checks.items()):
+            try:
+                check()
+                checks[name] = "ok"
+            except Unavailable as exc:
+                checks[name] = exc.detail
+                failed.append(name)
+        return checks, failed
+
+
 def register(app: Flask, *, service: str, ready_checks: dict[str, Callable[[], None]]) -> None:
+    settings = app.extensions["settings"]
+    readiness = Readiness(ready_checks, ttl=settings.ready_cache_seconds)
+    app.extensions["readiness"] = readiness
+
+    def internal(view):
+        return internal_only(view, allowed=settings.ops_allowed_networks,
+                             trusted_proxies=settings.ops_trusted_proxies)
+
     @app.before_request
     def _start():
         g.started = time.perf_counter()
@@ -86,15 +178,9 @@ def register(app: Flask, *, service: str, ready_checks: dict[str, Callable[[], N
         return jsonify(status="ok", service=service)
 
     @ops.get("/ready")
+    @internal
     def ready():
-        checks, failed = {}, []
-        for name, check in ready_checks.items():
-            try:
-                check()
-                checks[name] = "ok"
-            except Unavailable as exc:
-                checks[name] = exc.detail
-                failed.append(name)
+        checks, failed = readiness.result()
         if failed:
             return problem(
                 503, "not ready: " + ", ".join(failed) + " unavailable", checks=checks, failed=failed
@@ -102,6 +188,7 @@ def register(app: Flask, *, service: str, ready_checks: dict[str, Callable[[], N
         return jsonify(status="ready", checks=checks)
 
     @ops.get("/metrics")
+    @internal
     def prometheus():
         body, content_type = metrics.render(service)
         return Response(body, content_type=content_type)

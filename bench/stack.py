@@ -232,8 +232,11 @@ class Stack:
         return f"http://127.0.0.1:{self.ports['gateway']}"
 
     def start_workers(self) -> None:
-        for name, command in self.celery.items():
-            self.sup.start(name, ["/bin/sh", "-c", command], env=self.env)
+        self.start_workers_named(list(self.celery))
+
+    def start_workers_named(self, names: list[str]) -> None:
+        for name in names:
+            self.sup.start(name, ["/bin/sh", "-c", self.celery[name]], env=self.env)
 
     def stop_workers(self) -> None:
         for name in list(self.celery)[::-1]:

@@ -30,7 +30,11 @@ def _rabbitmq(config: dict) -> dict:
 
 def celery_config(settings: Settings) -> dict:
     url = os.environ.get("CELERY_BROKER_URL") or broker_url(settings.redis_url)
-    visibility_timeout = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600"))
+    # How long a message a worker took stays invisible before Redis hands it to another:
+    # the bound on how long a SIGKILLed worker's messages wait. It must exceed the longest
+    # task (the hard time limit) and the longest countdown (retry backoff cap, fulfilment
+    # delay); a message redelivered early is only a duplicate, which the inbox absorbs.
+    visibility_timeout = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "300"))
     config = {
         "broker_url": url,
         "result_backend": None,  # PostgreSQL is the source of truth, not task results
@@ -50,6 +54,9 @@ def celery_config(settings: Settings) -> dict:
         "task_time_limit": int(os.environ.get("CELERY_TASK_TIME_LIMIT", "90")),
         "broker_transport_options": {
             "visibility_timeout": visibility_timeout,
+            # Look for such messages every 10 s rather than every 100 s (kombu's default).
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
             # A web request publishing after commit must not wait seconds for a broker

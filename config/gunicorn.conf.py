@@ -10,7 +10,8 @@ import shutil
 
 bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gthread"
+# gthread, answering its own refusals as problem+json and closing after a refused body.
+worker_class = "config.gunicorn_worker.ThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
@@ -50,7 +51,8 @@ def post_worker_init(worker):
     app = worker.app.wsgi()
     settings = app.extensions["settings"]
     try:
-        runtime.start(settings, name=os.environ.get("SERVICE_NAME", "http"))
+        # It logs in to PostgreSQL as the role of what it serves (services/roles.py).
+        runtime.start(settings, name=os.environ.get("SERVICE_NAME", "http"), role=app.extensions["service"])
     except Unavailable:
         # Serve anyway: /health stays up, and requests retry the pool (503 until it opens).
         worker.log.warning("database unavailable at start; the pool will be opened on demand")
@@ -74,8 +76,10 @@ def on_exit(server):
     service = (getattr(server.app, "app_uri", None) or "").rpartition(":")[2]  # app.wsgi:<service>
     if settings.registry_enabled and service:
         from app import registry
+        from services import roles
 
-        registry.deregister_now(dsn=settings.database_url, service=service, url=_advertised_url(settings))
+        registry.deregister_now(dsn=roles.login(settings, service).dsn, service=service,
+                                url=_advertised_url(settings))
 
 
 def child_exit(server, worker):

@@ -1,10 +1,13 @@
 """Settings read once from the environment, with development defaults.
 
 Secrets have development defaults only; with ``APP_ENV=production`` a missing
-secret stops the process at start with one line naming the variable.
+secret stops the process at start with one line naming the variable, and in any
+environment but ``development`` so does a JWT secret that is the development one or
+shorter than 32 bytes.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -17,11 +20,17 @@ DEFAULT_PORTS = {"gateway": 8000, "users": 8001, "orders": 8002, "inventory": 80
 
 _DEV_SECRETS = {"JWT_SECRET_KEY": "dev-only-jwt-secret-change-me-0123456789abcdef"}
 _REQUIRED_IN_PRODUCTION = ("DATABASE_URL", "REDIS_URL", "JWT_SECRET_KEY")
+MIN_JWT_SECRET_BYTES = 32  # HS256 keys shorter than its 256-bit hash can be brute-forced offline
 
 # DB_POOL_MAX when it is not set, by SERVICE_NAME: the gateway only reads the registry,
 # a Celery pool process runs one task at a time (plus the outbox flusher), and the
 # notifications API is read lightly. Under `make run`: 2 + 3 x 4 + 2 + 2 x 2 = 20.
 POOL_MAX_BY_SERVICE = {"gateway": 2, "notifications": 2, "worker": 2}
+
+
+# Who may read /ready and /metrics: loopback and the private ranges (Prometheus,
+# Kubernetes probes, docker networks). OPS_ALLOWED_NETWORKS replaces the list.
+OPS_DEFAULT_NETWORKS = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
 
 
 class ConfigError(SystemExit):
@@ -59,6 +68,22 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"configuration error: {name} must be a number, got {raw!r}") from None
 
 
+def _at_least_one(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 1:
+        raise ConfigError(f"configuration error: {name} must be at least 1, got {value}")
+    return value
+
+
+def _networks(env: Mapping[str, str], name: str, default: str) -> tuple:
+    """Comma-separated networks or addresses ("10.0.0.0/8, 192.0.2.7"); empty means none."""
+    raw = env.get(name, default)
+    try:
+        return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in raw.split(",") if n.strip())
+    except ValueError:
+        raise ConfigError(f"configuration error: {name} must be comma-separated networks, got {raw!r}") from None
+
+
 class Secret(str):
     """A string that never shows itself in repr or logs."""
 
@@ -70,6 +95,10 @@ class Secret(str):
 class Settings:
     app_env: str = "development"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/oms"
+    # Database roles are named <prefix><what> (oms_orders, oms_worker): see services/roles.py.
+    db_role_prefix: str | None = None
+    # Passwords `migrate` gives the roles (DB_PASSWORD_<ROLE>), by role: users, ..., gateway, worker.
+    db_role_passwords: dict = field(default_factory=dict, repr=False)
     redis_url: str = "redis://127.0.0.1:6379/0"
     jwt_secret_key: Secret = field(default=Secret(_DEV_SECRETS["JWT_SECRET_KEY"]), repr=False)
     access_token_ttl: int = 900
@@ -100,6 +129,13 @@ class Settings:
     notification_redeliver_after_seconds: float = 60.0
     broker_loss_replay_seconds: float = 3600.0
     auth_revocation_fail_open: bool = True
+    # A login session ends this long after the login, however often it is refreshed;
+    # refresh_token_ttl is how long it may sit unused.
+    session_max_age_seconds: int = 2_592_000
+    login_failures_before_delay: int = 5
+    login_delay_seconds: int = 2
+    login_delay_max_seconds: int = 900
+    login_failure_window_seconds: int = 3600
     gateway_breaker_fail_max: int = 5
     gateway_breaker_reset_seconds: float = 10.0
     registry_enabled: bool = True
@@ -120,10 +156,24 @@ class Settings:
     log_format: str = "console"
     admin_email: str | None = None
     admin_password: Secret | None = field(default=None, repr=False)
+    ops_allowed_networks: tuple = _networks({}, "", OPS_DEFAULT_NETWORKS)
+    ops_trusted_proxies: tuple = ()
+    ready_cache_seconds: float = 1.0
 
     @property
     def production(self) -> bool:
         return self.app_env == "production"
+
+    @property
+    def role_prefix(self) -> str:
+        """DB_ROLE_PREFIX, or the database's name and ``_``: databases on one server never share roles."""
+        if self.db_role_prefix:
+            return self.db_role_prefix
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(self.database_url)
+        # Without a database in the URL, libpq connects to the one named like the user.
+        return unquote(parts.path.lstrip("/") or parts.username or "oms") + "_"
 
     def redacted(self) -> dict:
         """Settings safe to log: secrets and URL passwords masked."""
@@ -134,6 +184,8 @@ class Settings:
             value = getattr(self, f.name)
             if isinstance(value, Secret):
                 value = "***"
+            elif isinstance(value, dict) and any(isinstance(v, Secret) for v in value.values()):
+                value = {k: "***" for k in value}
             elif isinstance(value, str) and "://" in value:
                 parts = urlsplit(value)
                 if parts.password:
@@ -149,6 +201,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         for name in _REQUIRED_IN_PRODUCTION:
             if not env.get(name):
                 raise ConfigError(f"configuration error: {name} must be set when APP_ENV=production")
+    jwt_secret = env.get("JWT_SECRET_KEY") or _DEV_SECRETS["JWT_SECRET_KEY"]
+    if app_env != "development" and (
+        jwt_secret == _DEV_SECRETS["JWT_SECRET_KEY"] or len(jwt_secret.encode()) < MIN_JWT_SECRET_BYTES
+    ):
+        raise ConfigError(
+            f"configuration error: JWT_SECRET_KEY must be set to a secret of at least {MIN_JWT_SECRET_BYTES} "
+            f"bytes, not the development one, when APP_ENV={app_env}"
+        )
     ports = {name: _int(env, f"{name.upper()}_PORT", port) for name, port in DEFAULT_PORTS.items()}
     service_urls = {
         name: env.get(f"{name.upper()}_URL") or f"http://127.0.0.1:{ports[name]}"
@@ -158,8 +218,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         app_env=app_env,
         database_url=env.get("DATABASE_URL") or Settings.database_url,
+        db_role_prefix=env.get("DB_ROLE_PREFIX") or None,
+        db_role_passwords={
+            role: Secret(env[f"DB_PASSWORD_{role.upper()}"])
+            for role in (*SCHEMAS, "gateway", "worker") if env.get(f"DB_PASSWORD_{role.upper()}")
+        },
         redis_url=env.get("REDIS_URL") or Settings.redis_url,
-        jwt_secret_key=Secret(env.get("JWT_SECRET_KEY") or _DEV_SECRETS["JWT_SECRET_KEY"]),
+        jwt_secret_key=Secret(jwt_secret),
         access_token_ttl=_int(env, "ACCESS_TOKEN_TTL_SECONDS", 900),
         refresh_token_ttl=_int(env, "REFRESH_TOKEN_TTL_SECONDS", 1_209_600),
         service_urls=service_urls,
@@ -186,7 +251,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         order_reannounce_max_seconds=_float(env, "ORDER_REANNOUNCE_MAX_SECONDS", 300.0),
         notification_redeliver_after_seconds=_float(env, "NOTIFICATION_REDELIVER_AFTER_SECONDS", 60.0),
         broker_loss_replay_seconds=_float(env, "BROKER_LOSS_REPLAY_SECONDS", 3600.0),
-        auth_revocation_fail_open=_bool(env, "AUTH_REVOCATION_FAIL_OPEN", True),
+        auth_revocation_fail_open=_bool(env, "AUTH_REVOCATION_FAIL_OPEN", app_env == "development"),
+        session_max_age_seconds=_at_least_one(env, "SESSION_MAX_AGE_SECONDS", 2_592_000),
+        login_failures_before_delay=_at_least_one(env, "LOGIN_FAILURES_BEFORE_DELAY", 5),
+        login_delay_seconds=_at_least_one(env, "LOGIN_DELAY_SECONDS", 2),
+        login_delay_max_seconds=_at_least_one(env, "LOGIN_DELAY_MAX_SECONDS", 900),
+        login_failure_window_seconds=_at_least_one(env, "LOGIN_FAILURE_WINDOW_SECONDS", 3600),
         gateway_breaker_fail_max=_int(env, "GATEWAY_BREAKER_FAIL_MAX", 5),
         gateway_breaker_reset_seconds=_float(env, "GATEWAY_BREAKER_RESET_SECONDS", 10.0),
         registry_enabled=_bool(env, "REGISTRY_ENABLED", True),
@@ -207,6 +277,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_format=env.get("LOG_FORMAT", "json" if app_env == "production" else "console"),
         admin_email=env.get("ADMIN_EMAIL") or None,
         admin_password=Secret(admin_password) if admin_password else None,
+        ops_allowed_networks=_networks(env, "OPS_ALLOWED_NETWORKS", OPS_DEFAULT_NETWORKS),
+        ops_trusted_proxies=_networks(env, "OPS_TRUSTED_PROXIES", ""),
+        ready_cache_seconds=_float(env, "READY_CACHE_SECONDS", 1.0),
     )
 
 

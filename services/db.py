@@ -11,20 +11,22 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import itertools
 import logging
 import os
 import threading
-from contextlib import ExitStack
-from typing import Any, Awaitable, Callable, TypeVar
+from contextlib import ExitStack, asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable, Literal, Mapping, TypeVar
 
 import anyio
 import asyncpg
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from pgdbm import AsyncDatabaseManager, DatabaseConfig
+from pgdbm import AsyncDatabaseManager, DatabaseConfig, TransactionManager
 from pgdbm.errors import ConnectionError as PgdbmConnectionError
 from pgdbm.errors import PoolError, QueryError
 
 from services.errors import Unavailable
+from services.roles import ident
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,6 +42,13 @@ _OUTAGE_ERRORS = (
     PgdbmConnectionError,
     PoolError,
 )
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost message of ``exc`` (pgdbm wraps asyncpg's), for a log line."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}"
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -64,6 +73,86 @@ class _BridgeClosed(Exception):
     """The loop stopped (or cancelled the call) while the process was shutting down."""
 
 
+class SuperuserRefused(RuntimeError):
+    """This process logged in as a superuser where only the migrations may."""
+
+
+_savepoints = itertools.count(1)
+
+
+class ScopedManager(AsyncDatabaseManager):
+    """pgdbm's schema-scoped manager that, given ``role``, acts as that role for each unit of work.
+
+    A process serving several domains over one pool logs in as a role with no table
+    privileges of its own; each connection this manager hands out (``acquire``, hence
+    pgdbm's single-statement methods, and ``transaction``) is inside a transaction begun
+    with ``BEGIN; SET LOCAL ROLE <role>`` - one round trip, like BEGIN alone - so one
+    domain's SQL cannot read another's tables. The role ends with the transaction: nothing
+    stays on the pooled connection (and PgBouncer in transaction mode is fine). Without
+    ``role`` it is pgdbm's manager unchanged.
+    """
+
+    def __init__(self, *, pool: asyncpg.Pool, schema: str, role: str | None = None):
+        super().__init__(pool=pool, schema=schema)
+        self.role = role
+        self._begin = f"BEGIN; SET LOCAL ROLE {ident(role)}" if role else None
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        async with super().acquire() as conn:
+            if self._begin is None:
+                yield conn
+                return
+            try:
+                await conn.execute(self._begin)
+                yield conn
+            except BaseException:
+                await _rollback(conn)
+                raise
+            await conn.execute("COMMIT")
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[TransactionManager]:
+        if self._begin is None:
+            async with super().transaction() as tx:
+                yield tx
+            return
+        async with self.acquire() as conn:
+            yield _RoleTransaction(conn, self)
+
+
+class _RoleTransaction(TransactionManager):
+    """pgdbm's transaction wrapper, with savepoints of its own: asyncpg refuses its nested
+    ``transaction()`` inside a transaction it did not begin."""
+
+    def __init__(self, conn, manager: ScopedManager):
+        super().__init__(conn, manager)
+        self._manager = manager
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[TransactionManager]:
+        conn, name = self.connection, f"oms_savepoint_{next(_savepoints)}"
+        await conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield _RoleTransaction(conn, self._manager)
+        except BaseException:
+            await conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            raise
+        await conn.execute(f"RELEASE SAVEPOINT {name}")
+
+
+async def _rollback(conn) -> None:
+    """End a failed unit of work; the error that failed it is what the caller raises."""
+    if conn.is_closed() or not conn.is_in_transaction():
+        return
+    try:
+        await conn.execute("ROLLBACK")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        # A query being cancelled (a deadline), or a broken connection: the pool's
+        # release rolls back once the cancellation is through, or discards the connection.
+        logger.debug("rollback deferred to the pool: %s", type(exc).__name__)
+
+
 class Database:
     """The per-process loop, pool and schema managers. Create after fork; close after serving."""
 
@@ -78,7 +167,11 @@ class Database:
         application_name: str,
         statement_timeout_ms: int = 10_000,
         lock_timeout_ms: int = 3_000,
+        switch_roles: Mapping[str, str] | None = None,
+        superuser: Literal["allow", "warn", "refuse"] = "allow",
     ):
+        """``switch_roles``: schema -> the role its manager acts as (a worker's login, see
+        services/roles.py). ``superuser``: what to do when the login turns out to be one."""
         self.dsn = dsn
         self.schemas = schemas
         self.min_size = min_size
@@ -87,9 +180,12 @@ class Database:
         self.application_name = application_name
         self.statement_timeout_ms = statement_timeout_ms
         self.lock_timeout_ms = lock_timeout_ms
+        self.switch_roles = dict(switch_roles or {})
+        self.superuser = superuser
+        self.login_role: str | None = None
         self.pid = os.getpid()
         self.pool: asyncpg.Pool | None = None
-        self.managers: dict[str, AsyncDatabaseManager] = {}
+        self.managers: dict[str, ScopedManager] = {}
         self._portal: BlockingPortal | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stack = ExitStack()
@@ -111,12 +207,16 @@ class Database:
                 self._stack = ExitStack()
                 self._portal = None
                 if isinstance(exc, TimeoutError) or is_outage(exc):
+                    logger.warning("database pool did not start: %s", _reason(exc))
                     raise Unavailable("database is unavailable") from None
                 raise
-            self.managers = {s: AsyncDatabaseManager(pool=self.pool, schema=s) for s in self.schemas}
+            self.managers = {
+                s: ScopedManager(pool=self.pool, schema=s, role=self.switch_roles.get(s)) for s in self.schemas
+            }
             logger.info(
                 "database pool started",
-                extra={"pool_min": self.min_size, "pool_max": self.max_size, "pid": self.pid},
+                extra={"pool_min": self.min_size, "pool_max": self.max_size, "pid": self.pid,
+                       "login_role": self.login_role},
             )
             return self
 
@@ -137,12 +237,31 @@ class Database:
         # asyncpg sends a reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL)
         # each time a connection goes back to the pool: one more round trip and one more
         # transaction per unit of work. Nothing of ours leaves session state behind (no
-        # SET, LISTEN, cursors or unreleased advisory locks; open transactions are still
-        # rolled back by asyncpg), so we skip it. pgdbm does not pass asyncpg's ``reset=``
-        # argument through, hence the attribute.
+        # SET, LISTEN, cursors or unreleased advisory locks; a worker's SET LOCAL ROLE ends
+        # with its transaction; open transactions are still rolled back by asyncpg), so we
+        # skip it. pgdbm does not pass asyncpg's ``reset=`` argument through, hence the attribute.
         if hasattr(pool, "_reset"):
             pool._reset = _keep_session
+        try:
+            await self._check_login(pool)
+        except BaseException:
+            pool.terminate()
+            raise
         return pool
+
+    async def _check_login(self, pool: asyncpg.Pool) -> None:
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT current_user AS login, rolsuper AS super FROM pg_roles WHERE rolname = current_user")
+        self.login_role = row["login"]
+        if not row["super"] or self.superuser == "allow":
+            return
+        if self.superuser == "refuse":
+            raise SuperuserRefused(
+                f"logged in to PostgreSQL as {row['login']!r}, a superuser: only `python -m app migrate` may; "
+                "see the README, \"Database roles\"")
+        logger.warning("logged in to PostgreSQL as a superuser; only the migrations should",
+                       extra={"login_role": row["login"]})
 
     def close(self) -> None:
         """Close the pool, then stop the loop. Call only once the process stopped serving."""
@@ -174,7 +293,7 @@ class Database:
         return self._portal is not None and not self._closed
 
     # -- the bridge ------------------------------------------------------------
-    def manager(self, schema: str) -> AsyncDatabaseManager:
+    def manager(self, schema: str) -> ScopedManager:
         return self.managers[schema]
 
     def run(

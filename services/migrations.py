@@ -1,7 +1,9 @@
-"""Create the database and schemas and apply each schema's migrations.
+"""Create the database and schemas, apply each schema's migrations, then the roles.
 
-Safe to run twice and from several processes at once: a session advisory lock
-serialises whole runs, and pgdbm locks each module as it applies a file.
+Runs as the owner that DATABASE_URL names. Safe to run twice and from several
+processes at once: a session advisory lock serialises whole runs, and pgdbm locks
+each module as it applies a file. The last step of every run creates the database
+roles and re-applies their grants (services/roles.py).
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from pgdbm import AsyncMigrationManager
 
-from config.settings import SCHEMAS
+from config.settings import SCHEMAS, Settings
+from services import roles
 from services.db import Database
 
 logger = logging.getLogger(__name__)
@@ -50,8 +53,26 @@ async def ensure_database(dsn: str) -> bool:
     return True
 
 
-async def apply_all(db: Database) -> dict[str, list[str]]:
-    """Create every schema and apply its pending migrations; returns applied files per schema."""
+def migrate(settings: Settings, *, timeout: float = 300.0) -> dict[str, list[str]]:
+    """The whole run, as the owner, on a pool of its own; returns applied files per schema."""
+    import anyio
+
+    anyio.run(ensure_database, settings.database_url)
+    db = Database(dsn=settings.database_url, schemas=SCHEMAS + (SHARED[0],), min_size=1, max_size=2,
+                  timeout=settings.db_timeout, application_name="oms-migrate",
+                  statement_timeout_ms=settings.db_statement_timeout_ms, lock_timeout_ms=settings.db_lock_timeout_ms)
+    db.start()
+    try:
+        return db.run(apply_all, db, role_prefix=settings.role_prefix,
+                      role_passwords={k: str(v) for k, v in settings.db_role_passwords.items()}, timeout=timeout)
+    finally:
+        db.close()
+
+
+async def apply_all(db: Database, *, role_prefix: str,
+                    role_passwords: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """Create every schema, apply its pending migrations, then the roles of ``role_prefix``."""
+    roles.names(role_prefix)  # a prefix too long for the names stops the run before any change
     applied: dict[str, list[str]] = {}
     async with db.pool.acquire() as lock_conn:
         await lock_conn.execute("SELECT pg_advisory_lock($1)", MIGRATE_LOCK_KEY)
@@ -63,6 +84,7 @@ async def apply_all(db: Database) -> dict[str, list[str]]:
                 )
                 result = await manager.apply_pending_migrations()
                 applied[schema] = [m["filename"] for m in result.get("applied", [])]
+            await roles.apply(lock_conn, role_prefix, role_passwords)
         finally:
             await lock_conn.execute("SELECT pg_advisory_unlock($1)", MIGRATE_LOCK_KEY)
     return applied

@@ -5,6 +5,10 @@ Gunicorn's ``post_worker_init`` and Celery's ``worker_process_init`` call
 forked child build its own instead of touching its parent's loop and pool.
 ``stop()`` runs only once the process has stopped serving (gunicorn
 ``worker_exit``, Celery ``worker_process_shutdown``).
+
+``role`` is what the process logs in to PostgreSQL as (services/roles.py): an HTTP
+service as its domain (or the gateway), migrate as the owner, and anything else - Celery
+workers, the CLI, tests - as the worker role, acting as each domain's role in turn.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import Callable
 import redis
 
 from config.settings import SCHEMAS, Settings, load_settings
+from services import roles
 from services.db import Database
 
 logger = logging.getLogger(__name__)
@@ -28,6 +33,7 @@ SHARED_SCHEMA = "public"
 @dataclass
 class Runtime:
     name: str
+    role: str
     settings: Settings
     db: Database
     redis: redis.Redis
@@ -44,6 +50,9 @@ class Runtime:
 
 
 _runtime: Runtime | None = None
+# What the last start() was asked for, so a lazy start after a failed one (database down
+# when a gunicorn worker booted) logs in as the same role.
+_intent: tuple[Settings, str, str] | None = None
 _lock = threading.Lock()
 # The relay that publishes committed outbox events (workers.relay.publish). The
 # wiring sets it; services call Runtime.publish and never import Celery.
@@ -55,9 +64,14 @@ def set_publisher(publisher: Callable[[str, list[dict]], None] | None) -> None:
     _publisher = publisher
 
 
-def build(settings: Settings, *, name: str) -> Runtime:
+def build(settings: Settings, *, name: str, role: str = roles.WORKER) -> Runtime:
+    login = roles.login(settings, role)
     db = Database(
-        dsn=settings.database_url,
+        dsn=login.dsn,
+        switch_roles=login.switch,
+        # A login role that is a superuser defeats every grant: refused where it matters.
+        superuser="allow" if role == roles.OWNER else (
+            "warn" if settings.app_env in ("development", "test") else "refuse"),
         schemas=SCHEMAS + (SHARED_SCHEMA,),
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
@@ -73,21 +87,24 @@ def build(settings: Settings, *, name: str) -> Runtime:
         health_check_interval=30,
         decode_responses=True,
     )
-    return Runtime(name=name, settings=settings, db=db, redis=client, pid=os.getpid())
+    return Runtime(name=name, role=role, settings=settings, db=db, redis=client, pid=os.getpid())
 
 
-def start(settings: Settings | None = None, *, name: str | None = None) -> Runtime:
+def start(settings: Settings | None = None, *, name: str | None = None, role: str | None = None) -> Runtime:
     """Build and start this process's runtime (idempotent within one process)."""
-    global _runtime
+    global _runtime, _intent
     with _lock:
         if _runtime is not None and _runtime.pid == os.getpid():
             return _runtime
         # A runtime inherited through fork belongs to the parent: leave its loop and
         # pool untouched and build our own, from the same (plain-data) settings.
         inherited = _runtime
-        settings = settings or (inherited.settings if inherited else load_settings())
-        name = name or (inherited.name if inherited else os.environ.get("SERVICE_NAME", "cli"))
-        runtime = build(settings, name=name)
+        known = (inherited.settings, inherited.name, inherited.role) if inherited else _intent
+        settings = settings or (known[0] if known else load_settings())
+        name = name or (known[1] if known else os.environ.get("SERVICE_NAME", "cli"))
+        role = role or (known[2] if known else roles.WORKER)
+        _intent = (settings, name, role)
+        runtime = build(settings, name=name, role=role)
         runtime.db.start()
         _runtime = runtime
         return runtime

@@ -6,6 +6,7 @@ session starts embedded ones (app/embedded.py) in a temporary folder.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,6 +25,10 @@ import redis
 import urllib3
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The benchmark harness's smoke test is opt-in (it runs every scenario): not collected
+# at all otherwise, rather than collected and skipped.
+collect_ignore = [] if os.environ.get("BENCH_SMOKE") == "1" else ["test_bench_smoke.py"]
 PYTHON = sys.executable
 BIN = Path(sys.executable).parent
 
@@ -71,8 +77,21 @@ def new_database(server_url: str, prefix: str = "oms_test") -> str:
 
 
 def drop_database(server_url: str, url: str) -> None:
+    """Drop the database and the roles its migrations made (they are the server's, not its)."""
+    from config.settings import load_settings
+    from services import roles
+
     name = urlsplit(url).path.lstrip("/")
     anyio.run(_admin, server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    async def drop_roles():
+        conn = await asyncpg.connect(server_url, timeout=10)
+        try:
+            await roles.drop(conn, load_settings({"DATABASE_URL": url}).role_prefix)
+        finally:
+            await conn.close()
+
+    anyio.run(drop_roles)
 
 
 @pytest.fixture(scope="session")
@@ -93,14 +112,64 @@ def redis_url(servers):
     return url
 
 
+@pytest.fixture
+def own_redis(tmp_path_factory):
+    """A Redis server of this test's own (embedded, on a unix socket): its redis-py URL.
+
+    For tests that stop, fill or spy on Redis, or whose worker must not share a broker
+    with the session's: nothing else uses it, with or without TEST_REDIS_URL.
+    """
+    from app import embedded
+
+    # A folder of its own under the session's base: short enough for a socket path.
+    server = embedded.start_redis(tmp_path_factory.mktemp("own-redis"), persistent=False)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_broker(own_redis):
+    """A broker of this test's own for CELERY_BROKER_URL (own_redis as kombu spells it)."""
+    from config.celery import broker_url
+
+    return broker_url(own_redis)
+
+
+@contextmanager
+def celery_broker(app, url: str):
+    """Point a Celery app's publishing at ``url`` for a while, then back where it was."""
+
+    def use(broker):
+        if app._pool is not None:
+            app._pool.force_close_all()
+            app._pool = None  # the next publish opens pools on the new broker
+        app.amqp._producer_pool = None
+        app.conf.broker_url = broker
+
+    previous = app.conf.broker_url
+    use(url)
+    try:
+        yield app
+    finally:
+        use(previous)
+
+
 @pytest.fixture(scope="session")
 def base_env(database_url, redis_url):
-    """Environment for child processes and for load_settings() in this one."""
+    """Environment for child processes and for load_settings() in this one.
+
+    DATABASE_URL names the server's admin (the owner): ``migrate`` uses it as is, and
+    every other process logs in as its own role of the session's database instead.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
     env.update(
         DATABASE_URL=database_url,
         REDIS_URL=redis_url,
         APP_ENV="test",
+        # Outside development a real secret is required (config/settings.py): one per session.
+        JWT_SECRET_KEY=secrets.token_urlsafe(48),
         LOG_LEVEL="WARNING",
         DB_POOL_MIN="1",
         DB_POOL_MAX="4",
@@ -121,12 +190,15 @@ def settings(base_env):
 
 @pytest.fixture(scope="session")
 def rt(settings):
-    """This test process's runtime (loop, pool, managers), migrated."""
+    """This test process's runtime (loop, pool, managers), migrated.
+
+    Migrated as the owner DATABASE_URL names, then logged in like a Celery worker: as the
+    worker role, each manager acting as its schema's role (services/roles.py).
+    """
     from services import migrations, runtime
 
-    runtime_ = runtime.start(settings, name="tests")
-    runtime_.db.run(migrations.apply_all, runtime_.db, timeout=120)
-    return runtime_
+    migrations.migrate(settings, timeout=120)
+    return runtime.start(settings, name="tests")
 
 
 @pytest.fixture(scope="session")
@@ -325,3 +397,25 @@ def live_worker(stack_env, live_orders):
     worker = Worker({**stack_env, "ORDERS_URL": live_orders.url}, beat=True, OUTBOX_SWEEP_SECONDS="1")
     yield worker
     worker.stop()
+
+
+# -- clients of the session's stack --------------------------------------------------
+@pytest.fixture(scope="module")
+def gateway(live_gateway):
+    from tests.support import Api
+
+    return Api(live_gateway.url)
+
+
+@pytest.fixture(scope="module")
+def admin(gateway):
+    from tests.support import admin_token
+
+    return admin_token(gateway)
+
+
+@pytest.fixture
+def customer(gateway):
+    from tests.support import register
+
+    return register(gateway)["access_token"]

@@ -374,11 +374,9 @@ def check_python_module(name: str, cmd: list[str], capsys):
         pytest.fail(f"{name}: unexpected module {module}")
 
 
-@pytest.mark.parametrize("name", sorted(compose()["services"]))
+@pytest.mark.parametrize("name", sorted(n for n, svc in compose()["services"].items() if is_ours(svc)))
 def test_commands_name_real_modules_apps_and_options(name, capsys):
     svc = services()[name]
-    if not is_ours(svc):
-        pytest.skip("third-party image")
     cmd = argv(svc.get("command"))
     assert cmd, f"{name}: our image needs an explicit command"
     if cmd[0] == "gunicorn":
@@ -442,20 +440,17 @@ def test_worker_scales():
 
 
 # -- environment ---------------------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(compose()["services"]))
+@pytest.mark.parametrize("name", sorted(n for n, svc in compose()["services"].items() if is_ours(svc)))
 def test_every_variable_is_read_by_the_code_or_a_known_consumer(name):
     svc = services()[name]
-    if not is_ours(svc):
-        pytest.skip("third-party image")
     unknown = [var for var in environment(svc) if not variable_is_read(var, svc)]
     assert not unknown, f"{name}: nothing reads {unknown}"
 
 
-@pytest.mark.parametrize("name", sorted(compose()["services"]))
+@pytest.mark.parametrize("name", sorted(n for n, svc in compose()["services"].items()
+                                         if is_ours(svc) and runs_our_code(svc)))
 def test_processes_running_our_code_get_production_settings(name):
     svc = services()[name]
-    if not (is_ours(svc) and runs_our_code(svc)):
-        pytest.skip("not one of our processes")
     env = environment(svc)
     assert env.get("APP_ENV") == "production"
     for var in ("DATABASE_URL", "REDIS_URL", "JWT_SECRET_KEY", "SERVICE_NAME", "OTEL_SERVICE_NAME"):
@@ -468,6 +463,25 @@ def test_processes_running_our_code_get_production_settings(name):
     smtp = env.get("SMTP_HOST")
     if smtp:
         assert smtp in services() and port_of(smtp) == int(env["SMTP_PORT"])
+
+
+@pytest.mark.parametrize("name", sorted(n for n, svc in compose()["services"].items()
+                                         if is_ours(svc) and runs_our_code(svc)))
+def test_each_process_logs_in_to_postgresql_as_its_own_role(name):
+    """services/roles.py: migrate as the owner, HTTP services as their domain (or the
+    gateway), the rest as the worker; with the password migrate gives that role."""
+    from config.settings import load_settings
+    from services import roles
+
+    svc, migrate = services()[name], environment(services()["migrate"])
+    url = urlsplit(environment(svc)["DATABASE_URL"])
+    if name == "migrate":
+        assert url.username == environment(services()["postgres"])["POSTGRES_USER"]
+        return
+    app = gunicorn_app(svc)
+    kind = app.rpartition(":")[2] if app else roles.WORKER
+    assert url.username == roles.login(load_settings({"DATABASE_URL": url.geturl()}), kind).user
+    assert url.password == migrate[f"DB_PASSWORD_{kind.upper()}"]
 
 
 def test_otel_service_names_are_unique():
@@ -522,11 +536,9 @@ def one_shot(svc: dict) -> bool:
     return str(svc.get("restart", "no")) == "no"
 
 
-@pytest.mark.parametrize("name", sorted(compose()["services"]))
+@pytest.mark.parametrize("name", sorted(n for n, svc in compose()["services"].items() if not one_shot(svc)))
 def test_every_long_running_service_has_a_healthcheck(name):
     svc = services()[name]
-    if one_shot(svc):
-        pytest.skip("one-shot")
     check = svc.get("healthcheck") or {}
     assert check.get("test") and not check.get("disable"), f"{name}: no healthcheck"
     test = argv(check["test"]) if isinstance(check["test"], str) else check["test"]

@@ -37,3 +37,50 @@ def test_pool_ceilings_fit_the_connection_budget_unless_set():
     assert sum(pools.values()) + celery_children * load_settings({"SERVICE_NAME": "worker"}).db_pool_max <= 20
     assert pools["gateway"] == POOL_MAX_BY_SERVICE["gateway"]
     assert load_settings({"SERVICE_NAME": "gateway", "DB_POOL_MAX": "6"}).db_pool_max == 6
+
+
+def test_each_process_logs_in_as_its_own_role_of_the_database():
+    from services import roles
+
+    s = load_settings({"DATABASE_URL": "postgresql://owner:ownerpass@db:5432/shop?sslmode=require&user=owner"})
+    assert s.role_prefix == "shop_"
+    orders = roles.login(s, "orders")
+    # The owner's password never goes with another user's login.
+    assert orders.dsn == "postgresql://shop_orders@db:5432/shop?sslmode=require" and orders.switch == {}
+    worker = roles.login(s, roles.WORKER)
+    assert worker.dsn.startswith("postgresql://shop_worker@db:5432/shop")
+    assert worker.switch == {schema: f"shop_{schema}" for schema in ("users", "orders", "inventory", "notifications")}
+    assert roles.login(s, roles.OWNER).dsn == s.database_url
+
+
+def test_a_url_that_names_the_process_role_is_used_as_given():
+    from services import roles
+
+    url = "postgresql://oms_gateway:secret@db/oms"
+    assert roles.login(load_settings({"DATABASE_URL": url}), roles.GATEWAY).dsn == url
+
+
+def test_the_embedded_servers_socket_url_keeps_its_socket():
+    from services import roles
+
+    s = load_settings({"DATABASE_URL": "postgresql://postgres:@/oms?host=/tmp/pg%20sock"})
+    assert roles.login(s, "users").dsn == "postgresql://oms_users@/oms?host=/tmp/pg%20sock"
+
+
+def test_the_role_prefix_can_be_set_and_must_leave_room_for_the_names():
+    from services import roles
+
+    assert load_settings({"DB_ROLE_PREFIX": "app_"}).role_prefix == "app_"
+    with pytest.raises(ConfigError, match="DB_ROLE_PREFIX"):
+        roles.login(load_settings({"DATABASE_URL": f"postgresql://p@h/{'d' * 60}"}), "notifications")
+    with pytest.raises(ValueError):
+        roles.login(load_settings({}), "billing")
+
+
+def test_a_role_password_given_to_migrate_goes_with_that_roles_login_only():
+    from services import roles
+
+    s = load_settings({"DATABASE_URL": "postgresql://owner:ownerpass@db/oms", "DB_PASSWORD_ORDERS": "p@ss/word"})
+    assert roles.login(s, "orders").dsn == "postgresql://oms_orders:p%40ss%2Fword@db/oms"
+    assert roles.login(s, "users").dsn == "postgresql://oms_users@db/oms"
+    assert "p@ss/word" not in repr(s) and "p@ss/word" not in str(s.redacted())

@@ -20,6 +20,7 @@ import logging
 import asyncpg
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
 from kombu.exceptions import OperationalError
 
 from services import dead_letters, runtime
@@ -60,6 +61,12 @@ class DomainTask(Task):
             raise Reject(exc.reason, requeue=True) from None
 
 
+def _backoff(task: Task) -> int:
+    """The wait before the next attempt, as Celery's autoretry computes it."""
+    return get_exponential_backoff_interval(factor=task.retry_backoff, retries=task.request.retries,
+                                            maximum=task.retry_backoff_max, full_jitter=task.retry_jitter)
+
+
 def _event_id(args: tuple) -> str | None:
     return args[0].get("id") if args and isinstance(args[0], dict) else None
 
@@ -90,6 +97,9 @@ def task(name: str, queue: str):
                 logger.warning("task will retry", extra={"task": name, "task_id": self.request.id,
                                                           "event_id": _event_id(args), "retries": self.request.retries,
                                                           "error": type(exc).__name__})
+                carry = getattr(exc, "carry", None)
+                if carry:  # what this attempt learnt and could not record goes with the retry
+                    raise self.retry(exc=exc, args=args, kwargs={**kwargs, **carry}, countdown=_backoff(self))
                 raise
             except Exception as exc:  # a bug or a poison message: dead-letter it (or retry until we can)
                 _dead_letter(self, args, kwargs, exc)
@@ -138,8 +148,8 @@ def settle_stock(event: dict) -> None:
 
 
 @task("notifications.notify", "notifications")
-def notify(event: dict) -> None:
-    notifications.notify(event=event)
+def notify(event: dict, outcomes: list | None = None) -> None:
+    notifications.notify(event=event, outcomes=outcomes)
 
 
 @task("notifications.remember_recipient", "notifications")

@@ -92,7 +92,9 @@ def client_key() -> str:
 def login_key() -> str:
     body = request.get_json(silent=True) if request.is_json else None
     email = body.get("email") if isinstance(body, dict) and isinstance(body.get("email"), str) else ""
-    digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:16]
+    # surrogatepass: a lone surrogate (refused by the users service with a 422) must not
+    # make the key function fail; distinct strings still give distinct keys.
+    digest = hashlib.sha256(email.strip().lower().encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return f"login:{digest}:{request.remote_addr or 'unknown'}"
 
 
@@ -116,6 +118,6 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
         # One bucket per client for the whole API, whichever route answers.
         application_limits=[settings.rate_limit_default],
         application_limits_exempt_when=lambda: not request.path.startswith("/api/")
-        or request.path in ("/api/openapi.json", "/api/docs"),
+        or request.path in ("/api/openapi.json", "/api/docs") or request.path.startswith("/api/docs/"),
     )
     return limiter

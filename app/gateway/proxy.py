@@ -5,14 +5,16 @@ Down -> 503, timeout -> 504, open circuit -> 503 with Retry-After, all problem+j
 from __future__ import annotations
 
 import logging
+from urllib.parse import quote
 
 import pybreaker
 from flask import Flask, Response, g, request
 from flask_jwt_extended import verify_jwt_in_request
+from werkzeug.exceptions import MethodNotAllowed
 
 from app.errors import problem
 from app.gateway import limits, views
-from app.gateway.routes import resolve
+from app.gateway.routes import resolve, resolve_own
 from app.gateway.upstreams import UpstreamDown, Upstreams
 from config.settings import Settings
 
@@ -31,8 +33,11 @@ def init_app(app: Flask, settings: Settings, ready_checks: dict) -> None:
     app.extensions["upstreams"] = upstreams
     for service in settings.gateway_services:
         ready_checks[f"upstream:{service}"] = lambda s=service: upstreams.health(s)
+    # Before the limiter's hook: a method the path does not have is answered like the
+    # service would answer it, whoever asks and however often.
+    app.before_request(_answer_methods)
     limiter = limits.init_app(app, settings)
-    views.init_app(app, settings, upstreams)
+    views.init_app(app, upstreams)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
@@ -48,14 +53,33 @@ def init_app(app: Flask, settings: Settings, ready_checks: dict) -> None:
         return _route(upstreams)
 
 
+def _answer_methods() -> Response | None:
+    """405 with Allow for a method the path does not have; OPTIONS answered here, like Flask does."""
+    route = resolve(request.path) or resolve_own(request.path)
+    allowed = route.allowed_methods(request.path) if route is not None else set()
+    if not allowed:
+        return None  # not a forwarded operation: the gateway's own routes, or the service decides
+    if request.method == "OPTIONS":
+        return Response(status=200, headers={"Allow": ", ".join(sorted(allowed))})
+    if request.method not in allowed:
+        raise MethodNotAllowed(valid_methods=sorted(allowed))  # app/errors.py: 405 problem with Allow
+    return None
+
+
 def _route(upstreams: Upstreams) -> Response:
+    # request.path is the one spelling app/guard.py let through, decoded: it is what
+    # chooses the route and what goes upstream (encoded again, the same way every time).
     path = request.path
     route = resolve(path)
     if route is None:
         return problem(404, "no such resource")
     if not route.is_public(request.method, path):
         verify_jwt_in_request()
-    return _forward(upstreams, route.service, path)
+    return _forward(upstreams, route.service, quote(path, safe=_PATH_SAFE))
+
+
+# RFC 3986 pchar and "/", less "%": whatever was percent-encoded is encoded again.
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"
 
 
 def _forward(upstreams: Upstreams, service: str, path: str) -> Response:

@@ -1,60 +1,218 @@
-"""The gateway's own endpoints: the merged OpenAPI document, the docs page, the registry."""
+"""The gateway's own endpoints: the merged OpenAPI document, the docs page, the registry.
+
+The docs page is Swagger UI from the files the ``flask-swagger-ui`` package installs,
+served here under ``/api/docs/``: no CDN, so it works offline, and no inline script or
+style, so it works under the strict Content-Security-Policy it is served with.
+"""
 from __future__ import annotations
 
-import copy
 import json
 import threading
 import time
+from http import HTTPStatus
+from pathlib import Path
 
+import flask_swagger_ui
 import pybreaker
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, abort, current_app, jsonify, send_from_directory
+from marshmallow import Schema, fields, validate
 
 from app.auth import admin_required
+from app.blueprint import Blueprint, problem_response
 from app.gateway.routes import ROUTES
 from app.gateway.upstreams import UpstreamDown, Upstreams
-from config.settings import Settings
 from services import registry, runtime
 
-DOCS_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>oms API</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
-<body><div id="ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/api/openapi.json", dom_id: "#ui"});</script>
-</body></html>"""
-
-# The gateway's own public operations, documented here since no upstream serves them.
-GATEWAY_PATHS = {
-    "/api/services": {"get": {
-        "summary": "Registered service instances and their health (admin)", "tags": ["gateway"],
-        "security": [{"bearerAuth": []}],
-        "responses": {"200": {"description": "Instances"}, "401": {"description": "No valid token"},
-                      "403": {"description": "Not an admin"}},
-    }},
+SWAGGER_UI = Path(flask_swagger_ui.__file__).parent / "dist"
+STATIC = Path(__file__).parent / "static"
+# The files the page loads; anything else under /api/docs/ is a 404.
+DOCS_ASSETS = {
+    "swagger-ui.css": SWAGGER_UI,
+    "swagger-ui-bundle.js": SWAGGER_UI,
+    "favicon-32x32.png": SWAGGER_UI,
+    "favicon-16x16.png": SWAGGER_UI,
+    "docs.css": STATIC,
+    "docs.js": STATIC,
 }
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>oms API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" type="image/png" href="/api/docs/favicon-32x32.png" sizes="32x32">
+<link rel="stylesheet" href="/api/docs/swagger-ui.css">
+<link rel="stylesheet" href="/api/docs/docs.css">
+</head><body><div id="swagger-ui"></div>
+<script src="/api/docs/swagger-ui-bundle.js"></script>
+<script src="/api/docs/docs.js"></script>
+</body></html>"""
+# Only this origin's files; no inline script or style, no eval, no frames, no plugins.
+DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "font-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+blp = Blueprint("gateway", __name__, url_prefix="/api", description="The gateway's own operations")
+
+
+class ServiceInstanceSchema(Schema):
+    service = fields.String()
+    instance_id = fields.String()
+    url = fields.String()
+    status = fields.String(validate=validate.OneOf(["up", "stale"]))
+    healthy = fields.Boolean()
+    started_at = fields.AwareDateTime(format="iso")
+    heartbeat_at = fields.AwareDateTime(format="iso")
+    heartbeat_age_seconds = fields.Float()
+
+
+class ServiceInstancesSchema(Schema):
+    items = fields.List(fields.Nested(ServiceInstanceSchema))
+
+
+@blp.route("/services", methods=["GET"])
+@blp.bearer(admin=True)
+@admin_required
+@blp.alt_response(200, schema=ServiceInstancesSchema, success=True, description="Instances and their health")
+def services():
+    """Registered service instances and their health (admin)."""
+    settings = current_app.extensions["settings"]
+    db = runtime.db()
+    rows = db.run(registry.all_instances, db.manager(registry.SCHEMA), ttl_seconds=settings.registry_ttl_seconds)
+    return jsonify(items=[{**r, "status": "up" if r["healthy"] else "stale",
+                           "started_at": r["started_at"].isoformat(),
+                           "heartbeat_at": r["heartbeat_at"].isoformat()} for r in rows])
+
+
+# -- the merged document ------------------------------------------------------------------
+COMPONENT_SECTIONS = ("schemas", "responses", "parameters", "examples", "requestBodies", "headers",
+                      "securitySchemes", "links", "callbacks")
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+# What the gateway itself may answer to any operation it forwards.
+GATEWAY_ERRORS = (429, 503, 504)
+
+
+def own_document() -> dict:
+    """The gateway's own flask-smorest document (its /api/services)."""
+    return current_app.extensions["flask-smorest"]["apis"][""]["ext_obj"].spec.to_dict()
+
+
+def _refs(node, found: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/components/"):
+            section, _, name = ref[len("#/components/"):].partition("/")
+            found.add((section, name))
+        for value in node.values():
+            _refs(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _refs(value, found)
+    return found
+
+
+def _rename_refs(node, rename):
+    if isinstance(node, dict):
+        out = {key: _rename_refs(value, rename) for key, value in node.items()}
+        ref = out.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/components/"):
+            section, _, name = ref[len("#/components/"):].partition("/")
+            out["$ref"] = f"#/components/{section}/{rename(section, name)}"
+        return out
+    if isinstance(node, list):
+        return [_rename_refs(value, rename) for value in node]
+    return node
+
+
+def _platform(section: str, name: str) -> bool:
+    """What every process documents alike: error responses, their Problem schema, the bearer scheme."""
+    return section != "schemas" or name == "Problem"
+
+
+def _shared(documents: dict[str, dict]) -> set[tuple[str, str]]:
+    """Platform components that every document defining them defines alike (and that refer only to such)."""
+    definitions: dict[tuple[str, str], list] = {}
+    for document in documents.values():
+        for section, components in document.get("components", {}).items():
+            for name, definition in components.items():
+                definitions.setdefault((section, name), []).append(definition)
+    shared = {key for key, found in definitions.items()
+              if _platform(*key) and all(d == found[0] for d in found)}
+    changed = True
+    while changed:
+        changed = False
+        for key in list(shared):
+            if not _refs(definitions[key][0], set()) <= shared:
+                shared.discard(key)
+                changed = True
+    return shared
+
+
+def _reachable(document: dict) -> set[tuple[str, str]]:
+    """The components the paths refer to, directly or through other components."""
+    found = _refs(document["paths"], set())
+    todo = list(found)
+    while todo:
+        section, name = todo.pop()
+        for key in _refs(document["components"].get(section, {}).get(name, {}), set()) - found:
+            found.add(key)
+            todo.append(key)
+    return found
 
 
 def merge(documents: dict[str, dict]) -> dict:
-    """One OpenAPI 3 document from each service's: paths as they are, schemas namespaced."""
-    merged = {
+    """One OpenAPI 3 document from each service's and the gateway's own.
+
+    Paths under /api are kept as they are. The platform's components (error responses,
+    the Problem schema, the bearer scheme) are kept once under their names when every
+    document defines them alike; a service's own schemas are namespaced by it
+    (``OrdersOrder``). Every operation also gets the errors the gateway itself answers
+    (429, 503, 504), and components no operation uses are left out.
+    """
+    merged: dict = {
         "openapi": "3.0.3",
-        "info": {"title": "oms public API", "version": "1.0"},
-        "paths": copy.deepcopy(GATEWAY_PATHS),
-        "components": {"schemas": {}, "securitySchemes": {
-            "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
-        "tags": [{"name": "gateway"}],
+        "info": {"title": "oms public API", "version": "1.0",
+                 "description": "Errors are application/problem+json (RFC 9457). Authenticated operations "
+                                "take `Authorization: Bearer <access token>`."},
+        "paths": {},
+        "components": {},
+        "tags": [],
     }
+    shared = _shared(documents)
     for service, document in documents.items():
         prefix = service.capitalize()
-        text = json.dumps(document).replace("#/components/schemas/", f"#/components/schemas/{prefix}")
-        document = json.loads(text)
-        for name, schema in document.get("components", {}).get("schemas", {}).items():
-            merged["components"]["schemas"][prefix + name] = schema
+
+        def rename(section: str, name: str, prefix=prefix) -> str:
+            return name if (section, name) in shared else prefix + name
+
+        for section, components in document.get("components", {}).items():
+            target = merged["components"].setdefault(section, {})
+            for name, definition in components.items():
+                target[rename(section, name)] = _rename_refs(definition, rename)
         for path, item in document.get("paths", {}).items():
             if path.startswith("/api/"):
-                merged["paths"].setdefault(path, {}).update(item)
-        merged["tags"].extend(document.get("tags", []))
+                merged["paths"].setdefault(path, {}).update(_rename_refs(item, rename))
+        known = {tag["name"] for tag in merged["tags"]}
+        merged["tags"].extend(tag for tag in document.get("tags", []) if tag["name"] not in known)
+    responses = merged["components"].setdefault("responses", {})
+    for status in GATEWAY_ERRORS:
+        responses.setdefault(HTTPStatus(status).name, _with_problem_ref(problem_response(status)))
+    for item in merged["paths"].values():
+        for method in METHODS:
+            if method in item:
+                answers = item[method].setdefault("responses", {})
+                for status in GATEWAY_ERRORS:
+                    answers.setdefault(str(status), {"$ref": f"#/components/responses/{HTTPStatus(status).name}"})
+                item[method]["responses"] = dict(sorted(answers.items(), key=lambda kv: (kv[0] == "default", kv[0])))
+    used = _reachable(merged)
+    merged["components"] = {
+        section: dict(sorted((name, definition) for name, definition in merged["components"][section].items()
+                             if section == "securitySchemes" or (section, name) in used))
+        for section in COMPONENT_SECTIONS if merged["components"].get(section)
+    }
     return merged
+
+
+def _with_problem_ref(response: dict) -> dict:
+    """A problem_response() as JSON: its schema is the shared Problem schema (the gateway's own document has it)."""
+    return {**response, "content": {media: {"schema": {"$ref": "#/components/schemas/Problem"}}
+                                    for media in response["content"]}}
 
 
 class OpenApi:
@@ -70,7 +228,7 @@ class OpenApi:
         with self._lock:
             if self._document is None or time.monotonic() - self._at > self.ttl:
                 services = sorted({route.service for route in ROUTES})
-                documents, missing = {}, False
+                documents, missing = {"gateway": own_document()}, False
                 for service in services:
                     try:
                         response = self.upstreams.request(service, "GET", "/openapi.json")
@@ -79,13 +237,22 @@ class OpenApi:
                         continue
                     if response.status == 200:
                         documents[service] = json.loads(response.data)
+                    else:
+                        missing = True
                 self._document = merge(documents)
                 # An incomplete document is kept only briefly.
                 self._at = time.monotonic() - (self.ttl - 2.0 if missing else 0.0)
             return self._document
 
 
-def init_app(app: Flask, settings: Settings, upstreams: Upstreams) -> None:
+def _docs_headers(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = DOCS_CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def init_app(app: Flask, upstreams: Upstreams) -> None:
     openapi = OpenApi(upstreams)
 
     @app.get("/api/openapi.json")
@@ -94,13 +261,11 @@ def init_app(app: Flask, settings: Settings, upstreams: Upstreams) -> None:
 
     @app.get("/api/docs")
     def api_docs():
-        return Response(DOCS_PAGE, mimetype="text/html")
+        return _docs_headers(Response(DOCS_PAGE, mimetype="text/html"))
 
-    @app.get("/api/services")
-    @admin_required
-    def services():
-        db = runtime.db()
-        rows = db.run(registry.all_instances, db.manager(registry.SCHEMA), ttl_seconds=settings.registry_ttl_seconds)
-        return jsonify(items=[{**r, "status": "up" if r["healthy"] else "stale",
-                               "started_at": r["started_at"].isoformat(),
-                               "heartbeat_at": r["heartbeat_at"].isoformat()} for r in rows])
+    @app.get("/api/docs/<name>")
+    def api_docs_asset(name: str):
+        folder = DOCS_ASSETS.get(name)
+        if folder is None:
+            abort(404)
+        return _docs_headers(send_from_directory(folder, name, max_age=3600))

@@ -28,12 +28,15 @@ class Products(MethodView):
     @blp.arguments(ProductQuerySchema, location="query")
     @blp.response(200, ProductPageSchema)
     def get(self, query):
-        """Active products, oldest first, with a cursor for the next page (``ids=`` to pick some)."""
+        """Active products, oldest first, with a cursor for the next page (`ids=` to pick some)."""
         return service.list_products(**query)
 
+    @blp.bearer(admin=True)
+    @blp.problems(409)
     @admin_required
     @blp.arguments(ProductCreateSchema)
-    @blp.response(201, ProductSchema)
+    @blp.response(201, ProductSchema, headers={
+        "Location": {"schema": {"type": "string"}, "required": True, "description": "/api/inventory/products/{id}"}})
     def post(self, body):
         """Create a product (admin)."""
         product = service.create_product(**body, actor=_actor())
@@ -41,14 +44,16 @@ class Products(MethodView):
 
 
 @blp.route("/products/<uuid:product_id>")
+@blp.problems(404)
 class Product(MethodView):
     @blp.response(200, ProductSchema)
     def get(self, product_id):
         """One product."""
         return service.get_product(product_id=product_id)
 
+    @blp.bearer(admin=True)
     @admin_required
-    @blp.arguments(ProductPatchSchema)
+    @blp.arguments(ProductPatchSchema, required=False)  # no body changes nothing: 200 as it is
     @blp.response(200, ProductSchema)
     def patch(self, changes, product_id):
         """Change a product's name, description, price or active flag (admin)."""
@@ -56,6 +61,8 @@ class Product(MethodView):
 
 
 @blp.route("/products/<uuid:product_id>/stock", methods=["POST"])
+@blp.bearer(admin=True)
+@blp.problems(404, 409)
 @admin_required
 @blp.arguments(StockAdjustSchema)
 @blp.response(200, ProductSchema)

@@ -12,6 +12,7 @@ blp = Blueprint("notifications", __name__, url_prefix="/api/notifications", desc
 
 
 @blp.route("", methods=["GET"])
+@blp.bearer()
 @jwt_required()
 @blp.arguments(ListQuerySchema, location="query")
 @blp.response(200, NotificationPageSchema)

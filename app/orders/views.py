@@ -26,13 +26,32 @@ def _idempotency_key() -> str | None:
     return key
 
 
+_LOCATION = {"Location": {"schema": {"type": "string"}, "required": True, "description": "/api/orders/{id}"}}
+_PRINTABLE = "[\\x21-\\x7e\\xa1-\\xac\\xae-\\xff]"
+_PRINTABLE_OR_SPACE = "[\\x20-\\x7e\\xa1-\\xac\\xae-\\xff]"
+_IDEMPOTENCY_KEY = {
+    "in": "header", "name": "Idempotency-Key", "required": False,
+    "description": "The same key and body from the same user answers the order placed the first time "
+                   "(200), creating nothing; the same key with another body -> 422. Kept 24 hours at least.",
+    # What _idempotency_key() takes: 1 to 255 printable characters, as HTTP carries them (Latin-1,
+    # without the spaces at either end that HTTP strips).
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+               "pattern": f"^{_PRINTABLE}(?:{_PRINTABLE_OR_SPACE}*{_PRINTABLE})?$"},
+}
+
+
 @blp.route("")
+@blp.bearer()
 class Orders(MethodView):
     decorators = [jwt_required()]
 
+    @blp.doc(parameters=[_IDEMPOTENCY_KEY])
     @blp.arguments(PlaceOrderSchema)
-    @blp.response(202, OrderSchema)
-    @blp.alt_response(200, schema=OrderSchema, description="The order an earlier request with this Idempotency-Key placed")
+    @blp.response(202, OrderSchema, headers=_LOCATION,
+                  description="Accepted: status pending; unknown or inactive products -> 422; the pipeline over "
+                              "its latency budget -> 503 with Retry-After (nothing created)")
+    @blp.alt_response(200, schema=OrderSchema, headers=_LOCATION, success=True,
+                      description="The order an earlier request with this Idempotency-Key placed")
     def post(self, body):
         """Place an order; it is reserved and fulfilled asynchronously."""
         order, created = service.place_order(
@@ -48,6 +67,8 @@ class Orders(MethodView):
 
 
 @blp.route("/<uuid:order_id>")
+@blp.bearer()
+@blp.problems(404)
 class Order(MethodView):
     decorators = [jwt_required()]
 
@@ -58,6 +79,8 @@ class Order(MethodView):
 
 
 @blp.route("/<uuid:order_id>/cancel", methods=["POST"])
+@blp.bearer()
+@blp.problems(404, 409)
 @jwt_required()
 @blp.response(200, OrderSchema)
 def cancel(order_id):

@@ -20,29 +20,28 @@ from services.users.schemas import (
 blp = Blueprint("users", __name__, url_prefix="/api", description="Users and authentication")
 
 
-def _tokens(*, user_id, role: str) -> dict:
-    family, refresh_jti = service.sessions().open(user_id=str(user_id))
-    return _issue(user_id=user_id, role=role, family=family, refresh_jti=refresh_jti)
+def _tokens(grant: dict) -> dict:
+    return issue_tokens(**grant, access_ttl=current_app.extensions["settings"].access_token_ttl)
 
 
-def _issue(**claims) -> dict:
-    ttl = current_app.extensions["settings"].access_token_ttl
-    return issue_tokens(**claims, access_ttl=ttl)
+_LOCATION = {"Location": {"schema": {"type": "string"}, "required": True, "description": "/api/users/me"}}
 
 
 @blp.route("/users")
 class Users(MethodView):
+    @blp.problems(409)
     @blp.arguments(RegisterSchema)
-    @blp.response(201, RegisteredSchema)
+    @blp.response(201, RegisteredSchema, headers=_LOCATION)
     def post(self, body):
         """Register a customer account; answers with the profile and a token pair."""
         user = service.register_user(**body)
-        return {**user, **_tokens(user_id=user["id"], role=user["role"])}, 201, {
+        return {**user, **_tokens(service.start_session(user_id=user["id"], role=user["role"]))}, 201, {
             "Location": "/api/users/me"
         }
 
 
 @blp.route("/users/me")
+@blp.bearer()
 class Me(MethodView):
     decorators = [jwt_required()]
 
@@ -51,7 +50,7 @@ class Me(MethodView):
         """The caller's profile."""
         return service.get_profile(user_id=current_user_id())
 
-    @blp.arguments(ProfilePatchSchema)
+    @blp.arguments(ProfilePatchSchema, required=False)  # no body changes nothing: 200 as it is
     @blp.response(200, UserSchema)
     def patch(self, changes):
         """Change the caller's name or phone."""
@@ -59,28 +58,42 @@ class Me(MethodView):
 
 
 @blp.route("/auth/login", methods=["POST"])
+@blp.problems(401, 429)
 @blp.arguments(LoginSchema)
 @blp.response(200, TokensSchema)
 def login(body):
-    """Exchange email and password for a token pair."""
-    user = service.authenticate(email=body["email"], password=body["password"])
-    return _tokens(user_id=user["id"], role=user["role"])
+    """Exchange email and password for a token pair (429 with Retry-After after repeated failures)."""
+    return _tokens(service.log_in(email=body["email"], password=body["password"]))
 
 
 @blp.route("/auth/refresh", methods=["POST"])
+@blp.bearer()
 @jwt_required(refresh=True)
 @blp.response(200, TokensSchema)
 def refresh():
     """Rotate a refresh token (sent as Bearer): the old one stops working."""
     claims = get_jwt()
-    next_jti = service.sessions().rotate(jti=claims["jti"], family=claims["fam"], user_id=claims["sub"])
-    return _issue(user_id=claims["sub"], role=claims["role"], family=claims["fam"], refresh_jti=next_jti)
+    return _tokens(service.refresh_session(
+        user_id=current_user_id(), family=claims["fam"], refresh_jti=claims["jti"],
+        generation=int(claims.get("gen", 0)), ends_at=claims.get("sxp"),
+    ))
 
 
 @blp.route("/auth/logout", methods=["POST"])
+@blp.bearer()
 @jwt_required()
 @blp.response(204)
 def logout():
     """Revoke the access token and its refresh token (the whole login session)."""
-    service.sessions().revoke(family=get_jwt()["fam"])
+    service.end_session(family=get_jwt()["fam"])
+    return None
+
+
+@blp.route("/auth/logout-all", methods=["POST"])
+@blp.bearer()
+@jwt_required()
+@blp.response(204)
+def logout_all():
+    """Revoke every session of the caller (as a password or role change does)."""
+    service.end_all_sessions(user_id=current_user_id())
     return None

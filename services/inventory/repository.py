@@ -116,6 +116,7 @@ async def _test_hold(point: str) -> None:
 async def reserve(db, *, event_id: str, order_id: uuid.UUID, lines: list[dict], ttl_seconds: int) -> dict | None:
     """Hold every line of the order, or none of them. Returns the emitted event (None: nothing to do)."""
     async with db.transaction() as tx:
+        await _lock_order(tx, order_id)
         first = await messaging.first_delivery(tx, event_id=event_id, consumer="inventory.reserve")
         if not first or await tx.fetch_value("SELECT true FROM {{tables.reservations}} WHERE order_id = $1",
                                              order_id):
@@ -191,6 +192,12 @@ async def _held_lines(tx, order_id: uuid.UUID) -> tuple[list, list] | None:
     return [l["product_id"] for l in lines], [l["quantity"] for l in lines]
 
 
+async def _lock_order(tx, order_id: uuid.UUID) -> None:
+    """Reserve and release of one order take turns (until commit): a cancellation's tombstone
+    and a reservation never both find no row and both insert one."""
+    await tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))", str(order_id))
+
+
 async def _last_event(tx, order_id: uuid.UUID, types: tuple[str, ...]) -> dict | None:
     """The newest event of these types this schema emitted for the order, to announce again."""
     row = await tx.fetch_one(
@@ -238,6 +245,7 @@ async def release(db, *, event_id: str, order_id: uuid.UUID, reason: str) -> dic
     order any more (a duplicate gets the same answer again).
     """
     async with db.transaction() as tx:
+        await _lock_order(tx, order_id)
         if not await messaging.first_delivery(tx, event_id=event_id, consumer="inventory.release"):
             return await _last_event(tx, order_id, (events.RELEASED,))
         inserted = await tx.fetch_value(

@@ -3,27 +3,27 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from services.validation import PageQuerySchema, Text
+from services.validation import Bool, Line, PageQuerySchema, Pattern, Text
 from webargs.fields import DelimitedList
 
-_CURRENCY = validate.Regexp(r"^[A-Z]{3}$", error="must be an ISO 4217 code such as USD")
+_CURRENCY = Pattern(r"[A-Z]{3}", error="must be an ISO 4217 code such as USD")
 MAX_STOCK = 1_000_000_000
 
 
 class ProductCreateSchema(Schema):
-    sku = Text(required=True, validate=validate.Length(min=1, max=64))
-    name = Text(required=True, validate=validate.Length(min=1, max=200))
+    sku = Line(required=True, validate=validate.Length(min=1, max=64))
+    name = Line(required=True, validate=validate.Length(min=1, max=200))
     description = Text(load_default="", validate=validate.Length(max=5000))
     price_cents = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=10**12))
-    currency = Text(load_default="USD", validate=_CURRENCY)
+    currency = Line(load_default="USD", validate=_CURRENCY)
     stock = fields.Integer(load_default=0, strict=True, validate=validate.Range(min=0, max=MAX_STOCK))
 
 
 class ProductPatchSchema(Schema):
-    name = Text(validate=validate.Length(min=1, max=200))
+    name = Line(validate=validate.Length(min=1, max=200))
     description = Text(validate=validate.Length(max=5000))
     price_cents = fields.Integer(strict=True, validate=validate.Range(min=0, max=10**12))
-    active = fields.Boolean()
+    active = Bool()
 
 
 class StockAdjustSchema(Schema):
@@ -31,7 +31,7 @@ class StockAdjustSchema(Schema):
         required=True, strict=True,
         validate=[validate.Range(min=-MAX_STOCK, max=MAX_STOCK), validate.NoneOf([0], error="must not be 0")],
     )
-    reason = Text(required=True, validate=validate.Length(min=1, max=200))
+    reason = Line(required=True, validate=validate.Length(min=1, max=200))
 
 
 class ProductQuerySchema(PageQuerySchema):

@@ -15,3 +15,12 @@ class DeliveryFailed(Exception):
 
 class DeliveryPending(Unavailable):
     """Some deliveries failed transiently: the task retries them (and only them)."""
+
+
+class OutcomesUnrecorded(Unavailable):
+    """Deliveries were made but the database could not record them: the retry records
+    ``carry`` first (as the task's keyword arguments), so nothing goes out twice."""
+
+    def __init__(self, outcomes: list[tuple[str, str, str | None]]):
+        super().__init__("delivery outcomes could not be recorded")
+        self.carry = {"outcomes": outcomes}

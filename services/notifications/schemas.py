@@ -1,7 +1,7 @@
 """Marshmallow schemas of the notifications API."""
 from marshmallow import Schema, fields
 
-from services.validation import PageQuerySchema
+from services.validation import Line, PageQuerySchema, Text
 
 
 ListQuerySchema = PageQuerySchema
@@ -9,17 +9,17 @@ ListQuerySchema = PageQuerySchema
 
 class NotificationSchema(Schema):
     id = fields.UUID()
-    channel = fields.String()
-    template = fields.String()
-    recipient = fields.String()
-    subject = fields.String(allow_none=True)
-    status = fields.String()
+    channel = Line()
+    template = Line()
+    recipient = Line()
+    subject = Line(allow_none=True)
+    status = Line()
     attempts = fields.Integer()
-    last_error = fields.String(allow_none=True)
+    last_error = Text(allow_none=True)
     created_at = fields.AwareDateTime(format="iso")
     sent_at = fields.AwareDateTime(format="iso", allow_none=True)
 
 
 class NotificationPageSchema(Schema):
     items = fields.List(fields.Nested(NotificationSchema))
-    next_cursor = fields.String(allow_none=True)
+    next_cursor = Line(allow_none=True)

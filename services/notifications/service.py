@@ -9,7 +9,8 @@ from opentelemetry import trace
 
 from services import pagination, runtime
 from services.notifications import repository, templates, transports
-from services.notifications.errors import DeliveryFailed, DeliveryPending
+from services.errors import Unavailable
+from services.notifications.errors import DeliveryFailed, DeliveryPending, OutcomesUnrecorded
 
 logger = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -72,15 +73,19 @@ def remember_recipient(*, event: dict) -> None:
     _run(repository.update_recipient, event_id=event["id"], profile=event["payload"])
 
 
-def notify(*, event: dict) -> None:
+def notify(*, event: dict, outcomes: list | None = None) -> None:
     """Create this event's notifications once, then deliver those not delivered yet.
 
     A delivered notification is never sent again: a retry of this task finds it
     ``sent`` and skips it, and a sender claims what it sends (``repository.prepare``),
     so a retry and the redelivery sweep never send one at the same time. Transient
     failures raise ``DeliveryPending`` (the task retries for as long as the outage
-    lasts); permanent ones become ``failed``.
+    lasts); permanent ones become ``failed``. ``outcomes`` are deliveries an earlier
+    attempt made but could not record (the database went away): recorded first, so a
+    mail that went out is not sent again.
     """
+    if outcomes:
+        _run(repository.record, outcomes=[(uuid.UUID(str(i)), outcome, error) for i, outcome, error in outcomes])
     pending = _run(repository.prepare, event=event, render=_renderer(event))
     retry = _deliver(pending)
     if retry:
@@ -96,7 +101,12 @@ def redeliver_stale(*, limit: int = 200) -> int:
 
 
 def _deliver(pending: list[dict]) -> int:
-    """Send each claimed notification and record every outcome; returns how many to retry."""
+    """Send each claimed notification and record every outcome; returns how many to retry.
+
+    At least once: a sender killed between the server's acceptance and this record
+    leaves the notification claimed; when the claim expires it is sent again, with the
+    same Message-ID (the notification's id), which receiving systems recognise.
+    """
     outcomes, retry = [], 0
     for notification in pending:
         try:
@@ -105,12 +115,16 @@ def _deliver(pending: list[dict]) -> int:
             outcomes.append((notification["id"], "sent", None))
         except DeliveryFailed as exc:
             outcomes.append((notification["id"], "failed" if exc.permanent else "retry", str(exc)))
+            # The error text stays in the notification's row: a server's reply can quote the address.
             logger.warning("delivery failed", extra={"notification_id": str(notification["id"]),
-                                                      "channel": notification["channel"], "error": str(exc),
+                                                      "channel": notification["channel"],
                                                       "permanent": exc.permanent})
             retry += not exc.permanent
     if outcomes:
-        _run(repository.record, outcomes=outcomes)
+        try:
+            _run(repository.record, outcomes=outcomes)
+        except Unavailable as exc:
+            raise OutcomesUnrecorded([(str(i), o, e) for i, o, e in outcomes]) from exc
     return retry
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from services.notifications.transports import header_text
+
 FOLDER = Path(__file__).resolve().parent / "templates"
 
 # Which template each event renders.
@@ -46,7 +48,8 @@ def render(template: str, channel: str, context: dict) -> dict:
     env = environment()
     if channel == "email":
         return {
-            "subject": env.get_template(f"{template}.email.subject").render(context).strip(),
+            # A subject is one header line, whatever a name in it holds.
+            "subject": header_text(env.get_template(f"{template}.email.subject").render(context)),
             "body_text": env.get_template(f"{template}.email.txt").render(context),
             "body_html": env.get_template(f"{template}.email.html").render(context),
         }

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import io
 import smtplib
 import ssl
 import threading
 import time
+from email.errors import MessageError
+from email.generator import BytesGenerator
 from email.header import Header
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from email.utils import formatdate
+from email.utils import formataddr, formatdate
 from typing import Protocol
 
 import urllib3
@@ -28,6 +32,43 @@ logger = logging.getLogger(__name__)
 
 class Transport(Protocol):
     def send(self, notification: dict) -> None: ...
+
+
+# Whatever could end a header line or smuggle one in: C0 and C1 controls (CR, LF, NEL
+# among them), DEL, Unicode line and paragraph separators, and lone surrogates.
+_UNSAFE_IN_HEADER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]+")
+# One bare address (no display name, no list, no comments), as a mailbox takes it.
+_ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@(?:[^\W_]|-)+(?:\.(?:[^\W_]|-)+)*")
+
+
+_NAME_ADDR = re.compile(r"(.*?)\s*<([^<>]*)>")
+
+
+def header_text(value: str) -> str:
+    """``value`` as one header line: controls and line breaks become single spaces.
+
+    Done here for every header we build, whatever the Python version's own checks,
+    so no user value (a name in a subject, say) can add a header.
+    """
+    return " ".join(_UNSAFE_IN_HEADER.sub(" ", value).split())
+
+
+def mail_address(value: str) -> str:
+    """``value`` if it is one plain address, else ``ValueError``."""
+    if not isinstance(value, str) or _ADDRESS.fullmatch(value) is None:
+        raise ValueError("not a valid email address")
+    return value
+
+
+def sender_header(value: str) -> str:
+    """The From header for a configured ``Name <address>`` or bare address; ``ValueError`` if invalid.
+
+    Parsed here rather than by ``email.utils.parseaddr``, which reads a display name
+    holding ``:`` or ``,`` as a group or list and returns another address.
+    """
+    match = _NAME_ADDR.fullmatch(header_text(value))
+    name, address = (match.group(1).strip().strip('"'), match.group(2)) if match else ("", header_text(value))
+    return formataddr((name, mail_address(address)))
 
 
 class SmtpTransport:
@@ -45,25 +86,36 @@ class SmtpTransport:
                  idle_seconds: float = 30.0):
         self.host, self.port, self.sender = host, port, sender
         self.starttls, self.username, self.password, self.timeout = starttls, username, password, timeout
+        self.from_header = sender_header(sender)
+        match = _NAME_ADDR.fullmatch(header_text(sender))
+        self.envelope_from = mail_address(match.group(2) if match else header_text(sender))
         self.idle_seconds = idle_seconds
         self._smtp: smtplib.SMTP | None = None
         self._used_at = 0.0
         self._lock = threading.Lock()
 
     def message(self, notification: dict) -> MIMEMultipart | MIMEText:
-        text = MIMEText(notification["body_text"], "plain", "utf-8")
-        if notification.get("body_html"):
-            message = MIMEMultipart("alternative")
-            message.attach(text)
-            message.attach(MIMEText(notification["body_html"], "html", "utf-8"))
-        else:
-            message = text
-        subject = notification["subject"] or ""
-        message["From"] = self.sender
-        message["To"] = notification["recipient"]
-        message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8")
-        message["Message-ID"] = f"<{notification['id']}@oms>"
-        message["Date"] = formatdate(localtime=False)
+        """The mail; ``DeliveryFailed(permanent=True)`` if it cannot be built (a bad address, say)."""
+        try:
+            recipient = mail_address(notification["recipient"])
+        except ValueError:
+            raise DeliveryFailed("recipient is not a valid email address", permanent=True) from None
+        try:
+            text = MIMEText(notification["body_text"], "plain", "utf-8")
+            if notification.get("body_html"):
+                message = MIMEMultipart("alternative")
+                message.attach(text)
+                message.attach(MIMEText(notification["body_html"], "html", "utf-8"))
+            else:
+                message = text
+            subject = header_text(notification["subject"] or "")
+            message["From"] = self.from_header
+            message["To"] = recipient
+            message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8")
+            message["Message-ID"] = f"<{header_text(str(notification['id']))}@oms>"
+            message["Date"] = formatdate(localtime=False)
+        except (ValueError, MessageError) as exc:  # UnicodeEncodeError is a ValueError
+            raise DeliveryFailed(f"message not built: {type(exc).__name__}", permanent=True) from None
         return message
 
     def send(self, notification: dict) -> None:
@@ -78,30 +130,66 @@ class SmtpTransport:
             raise DeliveryFailed(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", permanent=exc.smtp_code >= 500) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryFailed(f"SMTP unavailable: {type(exc).__name__}", permanent=False) from None
+        except (ValueError, MessageError) as exc:  # the message would not flatten: no retry helps
+            raise DeliveryFailed(f"message not built: {type(exc).__name__}", permanent=True) from None
 
     def _send(self, message) -> None:
         reused = self._smtp is not None and time.monotonic() - self._used_at < self.idle_seconds
         if not reused:
             self.close()
+        handed = []
+
+        def hand_over():
+            handed.append(True)
+
         try:
-            self._attempt(message, reuse=reused)
+            self._attempt(message, hand_over, reuse=reused)
         except OSError as exc:  # smtplib's errors are OSErrors too: only a dropped session is retried
             dropped = isinstance(exc, smtplib.SMTPServerDisconnected) or not isinstance(exc, smtplib.SMTPException)
-            if not (reused and dropped):
+            if not (reused and dropped and not handed):
                 raise
-            # The kept session had been dropped (server restart, idle timeout): once more on a new one.
-            self._attempt(message, reuse=False)
+            # The kept session had been dropped (server restart, idle timeout) before the
+            # message was handed over: once more on a new one.
+            self._attempt(message, hand_over, reuse=False)
         self._used_at = time.monotonic()
 
-    def _attempt(self, message, *, reuse: bool) -> None:
+    def _attempt(self, message, hand_over, *, reuse: bool) -> None:
         try:
-            (self._smtp if reuse else self._connect()).send_message(message)
+            self._transmit(self._smtp if reuse else self._connect(), message, hand_over)
         except (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused):
             self._reset()  # refused: the session itself is still good
             raise
         except (smtplib.SMTPException, OSError):
             self.close()
             raise
+
+    def _transmit(self, smtp: smtplib.SMTP, message, hand_over) -> None:
+        """``SMTP.send_message``, noting (``hand_over``) when DATA begins.
+
+        Until then an SMTP transaction the client abandons delivers nothing, so a kept
+        session found dropped before it can be retried on a new one; after it the server
+        may have the message, and only the notification's own retry may send it again.
+        """
+        recipient = str(message["To"])
+        options = []
+        smtp.ehlo_or_helo_if_needed()
+        if not (self.envelope_from + recipient).isascii():
+            if not smtp.has_extn("smtputf8"):
+                raise smtplib.SMTPNotSupportedError("the server does not take international addresses")
+            options = ["SMTPUTF8", "BODY=8BITMIME"]
+        with io.BytesIO() as buffer:
+            BytesGenerator(buffer, policy=message.policy.clone(linesep="\r\n")).flatten(message, linesep="\r\n")
+            data = buffer.getvalue()
+        code, reply = smtp.mail(self.envelope_from, options)
+        if code != 250:
+            raise smtplib.SMTPSenderRefused(code, reply, self.envelope_from)
+        code, reply = smtp.rcpt(recipient)
+        if code not in (250, 251):
+            raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
+        hand_over()
+        code, reply = smtp.data(data)
+        if code != 250:
+            raise smtplib.SMTPDataError(code, reply)
 
     def _connect(self) -> smtplib.SMTP:
         smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
@@ -159,7 +247,9 @@ class LogSmsTransport:
     """Development SMS: the message goes to the log."""
 
     def send(self, notification: dict) -> None:
-        logger.info("sms", extra={"to": notification["recipient"], "body": notification["body_text"]})
+        # Ids only: the number and the text are personal data.
+        logger.info("sms not sent (no SMS_WEBHOOK_URL)", extra={"notification_id": str(notification["id"]),
+                                                               "characters": len(notification["body_text"])})
 
 
 def from_settings(settings) -> dict[str, Transport]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from services.validation import PageQuerySchema
+from services.validation import Line, PageQuerySchema
 
 
 class LineSchema(Schema):
@@ -12,7 +12,11 @@ class LineSchema(Schema):
 
 
 class PlaceOrderSchema(Schema):
-    items = fields.List(fields.Nested(LineSchema), required=True, validate=validate.Length(min=1, max=50))
+    items = fields.List(
+        fields.Nested(LineSchema), required=True, validate=validate.Length(min=1, max=50),
+        # What no JSON Schema keyword says (uniqueItems compares whole lines): _distinct_products below.
+        metadata={"description": "1 to 50 lines, each product at most once (combine the quantities)"},
+    )
 
     @validates_schema
     def _distinct_products(self, data, **kwargs):
@@ -28,25 +32,25 @@ ListQuerySchema = PageQuerySchema
 
 class ItemSchema(Schema):
     product_id = fields.UUID()
-    name = fields.String()
+    name = Line()
     quantity = fields.Integer()
     unit_price_cents = fields.Integer()
 
 
 class HistorySchema(Schema):
-    status = fields.String()
-    reason = fields.String(allow_none=True)
+    status = Line()
+    reason = Line(allow_none=True)
     at = fields.AwareDateTime(format="iso")
 
 
 class OrderSchema(Schema):
     id = fields.UUID()
     user_id = fields.UUID()
-    status = fields.String()
-    reason = fields.String(allow_none=True)
+    status = Line()
+    reason = Line(allow_none=True)
     items = fields.List(fields.Nested(ItemSchema))
     total_cents = fields.Integer()
-    currency = fields.String()
+    currency = Line()
     created_at = fields.AwareDateTime(format="iso")
     updated_at = fields.AwareDateTime(format="iso")
     history = fields.List(fields.Nested(HistorySchema))
@@ -54,4 +58,4 @@ class OrderSchema(Schema):
 
 class OrderPageSchema(Schema):
     items = fields.List(fields.Nested(OrderSchema))
-    next_cursor = fields.String(allow_none=True)
+    next_cursor = Line(allow_none=True)

@@ -1,4 +1,4 @@
-from services.errors import Conflict, NotFound, Unauthorized
+from services.errors import Conflict, NotFound, Unauthorized, Unavailable
 
 
 class EmailTaken(Conflict):
@@ -15,3 +15,13 @@ class SessionRevoked(Unauthorized):
 
 class UserNotFound(NotFound):
     slug = "user-not-found"
+
+
+class LoginThrottled(Unavailable):
+    """Too many failed logins for one account: it waits ``retry_after`` seconds.
+
+    A kind of Unavailable (try again later) so that the one error mapping answers it
+    with its Retry-After; its status is 429, not 503.
+    """
+
+    status, slug, title = 429, "too-many-login-attempts", "Too many requests"

@@ -33,8 +33,27 @@ async def insert_user(
 
 
 async def get_credentials(db: AsyncDatabaseManager, *, email: str) -> dict | None:
+    # The session generation comes from the same row as the hash: a login that checked
+    # the old password gets the old generation, which the change has already ended.
     return await db.fetch_one(
-        "SELECT id, role, password_hash FROM {{tables.users}} WHERE lower(email) = lower($1)", email
+        "SELECT id, role, password_hash, session_generation FROM {{tables.users}} WHERE lower(email) = lower($1)",
+        email,
+    )
+
+
+async def get_session_state(db: AsyncDatabaseManager, *, user_id: uuid.UUID) -> dict | None:
+    """What a refresh needs to know of the account now: {id, role, session_generation}."""
+    return await db.fetch_one(
+        "SELECT id, role, session_generation FROM {{tables.users}} WHERE id = $1", user_id
+    )
+
+
+async def end_sessions(db: AsyncDatabaseManager, *, user_id: uuid.UUID) -> int | None:
+    """Raise the user's session generation (every current session ends); the new one, or None."""
+    return await db.fetch_value(
+        "UPDATE {{tables.users}} SET session_generation = session_generation + 1 WHERE id = $1 "
+        "RETURNING session_generation",
+        user_id,
     )
 
 
@@ -66,11 +85,15 @@ async def update_user(db: AsyncDatabaseManager, *, user_id: uuid.UUID, changes: 
 
 
 async def upsert_admin(db: AsyncDatabaseManager, *, email: str, name: str, password_hash: str) -> dict:
-    """Create the admin, or make the existing account of that email an admin with that password."""
+    """Create the admin, or make the existing account of that email an admin with that password.
+
+    An existing account's sessions end with the change (its session generation goes up).
+    """
     async with db.transaction() as tx:
         user = await tx.fetch_one(
-            "UPDATE {{tables.users}} SET role = 'admin', password_hash = $2, updated_at = now() "
-            "WHERE lower(email) = lower($1) RETURNING " + _USER_COLUMNS,
+            "UPDATE {{tables.users}} SET role = 'admin', password_hash = $2, updated_at = now(), "
+            "session_generation = session_generation + 1 "
+            "WHERE lower(email) = lower($1) RETURNING session_generation, " + _USER_COLUMNS,
             email, password_hash,
         )
         if user is not None:

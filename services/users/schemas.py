@@ -3,27 +3,29 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from services.validation import Text
+from services.validation import Email, Line, Pattern, Text
 
-_PHONE = validate.Regexp(r"^\+[1-9][0-9]{6,14}$", error="must be an E.164 number such as +14155550123")
+_PHONE = Pattern(r"\+[1-9][0-9]{6,14}", error="must be an E.164 number such as +14155550123")
 
 
 class RegisterSchema(Schema):
-    email = fields.Email(required=True, validate=validate.Length(max=254))
-    name = Text(required=True, validate=validate.Length(min=1, max=200))
-    # The upper bound keeps a hashing request from becoming a denial of service.
-    password = Text(required=True, load_only=True, validate=validate.Length(min=8, max=1024))
-    phone = Text(load_default=None, allow_none=True, validate=_PHONE)
+    email = Email(required=True)
+    name = Line(required=True, validate=validate.Length(min=1, max=200))
+    # One line of any printable Unicode. The upper bound keeps a hashing request from
+    # becoming a denial of service.
+    password = Line(required=True, load_only=True, validate=validate.Length(min=8, max=1024))
+    phone = Line(load_default=None, allow_none=True, validate=_PHONE)
 
 
 class LoginSchema(Schema):
-    email = Text(required=True, validate=validate.Length(min=1, max=254))
+    email = Line(required=True, validate=validate.Length(min=1, max=254))
+    # Text, not Line: passwords registered before tabs and line breaks were refused keep working.
     password = Text(required=True, load_only=True, validate=validate.Length(min=1, max=1024))
 
 
 class ProfilePatchSchema(Schema):
-    name = Text(validate=validate.Length(min=1, max=200))
-    phone = Text(allow_none=True, validate=_PHONE)
+    name = Line(validate=validate.Length(min=1, max=200))
+    phone = Line(allow_none=True, validate=_PHONE)
 
 
 class UserSchema(Schema):

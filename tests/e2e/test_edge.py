@@ -17,14 +17,6 @@ from tests.conftest import PYTHON, ROOT, Live, Worker, drop_database, free_port,
 from tests.support import Api, create_product, new_email, place, register, wait_for, wait_terminal
 
 
-def _private_redis(redis_url: str, db: int) -> str:
-    if not redis_url.startswith("redis://"):
-        pytest.skip("needs a TCP Redis with numbered databases")
-    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
-    redis.Redis.from_url(url).flushdb()
-    return url
-
-
 @pytest.fixture
 def private_db(servers, base_env):
     """A database of this test's own (its own registry), migrated."""
@@ -39,8 +31,8 @@ def _served(server: Live, path: str) -> int:
     return len(re.findall(rf"path={re.escape(path)} ", server.log()))
 
 
-def test_two_instances_share_traffic_and_a_killed_one_is_dropped_without_failed_gets(private_db, redis_url):
-    env = {**private_db, "REDIS_URL": _private_redis(redis_url, 11), "REGISTRY_ENABLED": "1",
+def test_two_instances_share_traffic_and_a_killed_one_is_dropped_without_failed_gets(private_db, own_redis):
+    env = {**private_db, "REDIS_URL": own_redis, "REGISTRY_ENABLED": "1",
            "REGISTRY_HEARTBEAT_SECONDS": "0.5", "REGISTRY_TTL_SECONDS": "2", "LOG_LEVEL": "INFO"}
     a = Live("users", env, REGISTRY_ENABLED="1")
     b = Live("users", env, REGISTRY_ENABLED="1")
@@ -80,9 +72,8 @@ def test_two_instances_share_traffic_and_a_killed_one_is_dropped_without_failed_
         a.stop()
 
 
-def test_an_open_breaker_answers_503_with_retry_after_at_once_for_every_gateway_worker(base_env, redis_url):
-    private_redis = _private_redis(redis_url, 12)
-    gateway = Live("gateway", base_env, REDIS_URL=private_redis, WEB_CONCURRENCY="2", GATEWAY_SERVICES="users",
+def test_an_open_breaker_answers_503_with_retry_after_at_once_for_every_gateway_worker(base_env, own_redis):
+    gateway = Live("gateway", base_env, REDIS_URL=own_redis, WEB_CONCURRENCY="2", GATEWAY_SERVICES="users",
                    USERS_URL=f"http://127.0.0.1:{free_port()}", GATEWAY_BREAKER_FAIL_MAX="3",
                    GATEWAY_BREAKER_RESET_SECONDS="30")
     try:
@@ -90,7 +81,7 @@ def test_an_open_breaker_answers_503_with_retry_after_at_once_for_every_gateway_
         body = {"email": "a@b.io", "password": "whatever1"}
         for _ in range(3):
             assert api.call("POST", "/api/auth/login", json_body=body)[0] == 503
-        assert redis.Redis.from_url(private_redis).get("oms:breaker:users:pybreaker:state") == b"open"
+        assert redis.Redis.from_url(own_redis).get("oms:breaker:users:pybreaker:state") == b"open"
         for _ in range(6):  # whichever worker answers, the circuit is open for it
             started = time.monotonic()
             status, headers, problem = api.call("POST", "/api/auth/login", json_body=body)
@@ -101,8 +92,8 @@ def test_an_open_breaker_answers_503_with_retry_after_at_once_for_every_gateway_
         gateway.stop()
 
 
-def test_rate_limits_answer_429_with_headers_and_login_has_its_own(stack_env, redis_url, live_gateway):
-    gateway = Live("gateway", {**stack_env, "REDIS_URL": _private_redis(redis_url, 12)},
+def test_rate_limits_answer_429_with_headers_and_login_has_its_own(stack_env, own_redis, live_gateway):
+    gateway = Live("gateway", {**stack_env, "REDIS_URL": own_redis},
                    RATE_LIMIT_DEFAULT="5/minute", RATE_LIMIT_LOGIN="2/minute", GATEWAY_SERVICES="users",
                    USERS_URL=stack_env["USERS_URL"], INVENTORY_URL=stack_env["INVENTORY_URL"])
     try:

@@ -27,45 +27,62 @@ from tests.support import (
 )
 
 
-@pytest.fixture
-def own_broker(redis_url, stack_env):
-    """A Redis database of this test's own as broker (the revocation store stays shared)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(redis_url)
-    if parts.scheme == "unix":
-        pytest.skip("needs a TCP Redis with numbered databases")
-    url = urlunsplit(parts._replace(path="/14"))
-    import redis
-
-    redis.Redis.from_url(url).flushdb()
-    yield url
-    redis.Redis.from_url(url).flushdb()
-
-
 def _history(order):
     return [(h["status"], h["reason"]) for h in order["history"]]
 
 
 def test_the_same_event_delivered_twice_has_one_effect(rt, gateway, admin):
+    from services import messaging, runtime
     from services.inventory import service as inventory
+    from services.orders import repository
     from services.orders import service as orders
 
-    product = create_product(gateway, admin, stock=5)
-    order_id = str(uuid.uuid4())
-    placed = {"id": str(uuid.uuid4()), "type": "order.placed",
-              "payload": {"order_id": order_id, "lines": [{"product_id": product["id"], "quantity": 2}]}}
-    inventory.reserve_order(event=placed)
-    inventory.reserve_order(event=placed)
-    assert stock_ledger(rt, [product["id"]])[product["id"]]["reserved"] == 2
-    fulfilled = {"id": str(uuid.uuid4()), "type": "order.fulfilled", "payload": {"order_id": order_id}}
-    inventory.commit_order(event=fulfilled)
-    inventory.commit_order(event=fulfilled)
-    after = stock_ledger(rt, [product["id"]])[product["id"]]
-    assert (after["on_hand"], after["reserved"]) == (3, 0)
-    # A redelivered reservation result does not move an order twice either.
-    assert orders.apply_reservation(event={"id": placed["id"], "type": "inventory.reserved",
-                                           "payload": {"order_id": order_id}}) is None
+    def outbox_count(schema, order_id, event_type):
+        return rt.db.run(lambda db: db.fetch_value(
+            "SELECT count(*) FROM {{tables.outbox}} WHERE aggregate_id = $1 AND event_type = $2",
+            order_id, event_type), rt.db.manager(schema))
+
+    # Collect what the services publish (marked published, so no sweep sends it to a worker).
+    collected = []
+
+    def collect(schema, events):
+        collected.extend(events)
+        rt.db.run(messaging.mark_published, rt.db.manager(schema), [e["id"] for e in events])
+
+    previous = runtime._publisher
+    runtime.set_publisher(collect)
+    try:
+        product = create_product(gateway, admin, stock=5)
+        order, placed = rt.db.run(
+            repository.insert_order, rt.db.manager("orders"), user_id=uuid.uuid4(),
+            lines=[{"product_id": uuid.UUID(product["id"]), "quantity": 2, "name": product["name"],
+                    "unit_price_cents": product["price_cents"]}],
+            total_cents=2 * product["price_cents"], currency=product["currency"], idempotency_key=None,
+            request_hash="test",
+        )
+        collect("orders", [placed])
+        inventory.reserve_order(event=placed)
+        inventory.reserve_order(event=placed)
+        assert stock_ledger(rt, [product["id"]])[product["id"]]["reserved"] == 2
+        answers = [e for e in collected if e["type"] == "inventory.reserved"]
+        assert len(answers) == 2 and answers[0]["id"] == answers[1]["id"]  # the duplicate is answered alike
+        # A redelivered reservation result does not move the order twice either (no fulfilment
+        # delay in this session: the order is fulfilled in the reservation's transaction).
+        orders.apply_reservation(event=answers[0])
+        orders.apply_reservation(event=answers[1])
+        moved = rt.db.run(repository.get_order, rt.db.manager("orders"), order_id=order["id"])
+        assert _history(moved) == [("pending", None), ("reserved", None), ("fulfilled", None)]
+        assert outbox_count("orders", order["id"], "order.reserved") == 1
+        assert outbox_count("orders", order["id"], "order.fulfilled") == 1
+        fulfilled = [e for e in collected if e["type"] == "order.fulfilled"]
+        assert len(fulfilled) == 1
+        inventory.commit_order(event=fulfilled[0])
+        inventory.commit_order(event=fulfilled[0])
+        after = stock_ledger(rt, [product["id"]])[product["id"]]
+        assert (after["on_hand"], after["reserved"]) == (3, 0)
+        assert outbox_count("inventory", order["id"], "inventory.committed") == 1
+    finally:
+        runtime.set_publisher(previous)
 
 
 def test_a_cancel_before_the_reservation_leaves_a_tombstone(rt, gateway, admin):
@@ -110,9 +127,13 @@ def test_orders_accepted_during_a_broker_outage_all_finish_after_it_returns(
         rt, stack_env, gateway, admin, customer, tmp_path):
     from app import embedded
 
+    from config.celery import broker_url
+
     broker = embedded.start_redis(tmp_path / "broker", persistent=True)
     product = create_product(gateway, admin, stock=4)
-    env = {**stack_env, "REDIS_URL": broker.url}
+    # The broker is a Redis of its own: token revocations (another Redis) stay reachable,
+    # as they must outside development, where revocation checks fail closed.
+    env = {**stack_env, "CELERY_BROKER_URL": broker_url(broker.url)}
     orders = Live("orders", env, WEB_CONCURRENCY="1")
     worker = None
     try:

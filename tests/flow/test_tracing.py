@@ -1,7 +1,7 @@
 """One order is one trace: gateway -> orders -> outbox -> Celery tasks -> notification.
 
 Everything runs in this process (WSGI servers on threads, an in-process Celery worker
-on a broker database of its own) so an in-memory exporter sees every span.
+on a Redis of its own as broker) so an in-memory exporter sees every span.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from werkzeug.serving import make_server
 
-from tests.conftest import free_port
+from tests.conftest import celery_broker, free_port
 from tests.support import Api, create_product, place, register, wait_for, wait_terminal
 
 
@@ -28,9 +28,7 @@ class Server:
 
 
 @pytest.fixture
-def traced_stack(rt, settings, redis_url, mail_sink):
-    if not redis_url.startswith("redis://"):
-        pytest.skip("needs a TCP Redis with numbered databases")
+def traced_stack(rt, settings, own_broker, mail_sink):
     from celery.contrib.testing.worker import start_worker
 
     from app import create_app
@@ -40,20 +38,6 @@ def traced_stack(rt, settings, redis_url, mail_sink):
 
     exporter = InMemorySpanExporter()
     tracing.configure("tests", exporter=exporter)
-    broker = redis_url.rsplit("/", 1)[0] + "/13"
-    import redis
-
-    redis.Redis.from_url(broker).flushdb()
-    previous_broker = celery.conf.broker_url
-
-    def use_broker(url):
-        if celery._pool is not None:
-            celery._pool.force_close_all()
-            celery._pool = None  # the next publish opens pools on the new broker
-        celery.amqp._producer_pool = None
-        celery.conf.broker_url = url
-
-    use_broker(broker)
     notifications.use_transports({"email": transports.SmtpTransport(host="127.0.0.1", port=mail_sink.port,
                                                                      sender="t@oms"),
                                   "sms": transports.LogSmsTransport()})
@@ -65,9 +49,10 @@ def traced_stack(rt, settings, redis_url, mail_sink):
     gateway = Server(create_app("gateway", replace(base, service_urls=urls)))
     previous_settings, rt.settings = rt.settings, replace(base, service_urls=urls)  # services read these
     try:
-        with start_worker(celery, pool="threads", concurrency=2, perform_ping_check=False,
-                          shutdown_timeout=10, loglevel="WARNING",
-                          queues="default,inventory,orders,notifications,outbox"):
+        with celery_broker(celery, own_broker), \
+                start_worker(celery, pool="threads", concurrency=2, perform_ping_check=False,
+                             shutdown_timeout=10, loglevel="WARNING",
+                             queues="default,inventory,orders,notifications,outbox"):
             yield Api(gateway.url), exporter
     finally:
         gateway.stop()
@@ -75,8 +60,6 @@ def traced_stack(rt, settings, redis_url, mail_sink):
             server.stop()
         rt.settings = previous_settings
         notifications.use_transports(None)
-        use_broker(previous_broker)
-        redis.Redis.from_url(broker).flushdb()
 
 
 def test_an_order_is_one_trace_from_the_gateway_to_its_notifications(traced_stack, mail_sink):

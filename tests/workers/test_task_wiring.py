@@ -1,0 +1,242 @@
+"""How events become tasks, and how a task meets an outage (the wiring, not the domain).
+
+The relay publishes each event through the project's Celery app to a Redis of this
+test's own; an in-process worker (celery.contrib.pytest's ``celery_app`` and
+``celery_worker``, configured like the real one) runs stand-ins registered under the
+real task names, so the test sees exactly which tasks each event became, on which
+queue, with which arguments. The retry tests run the real tasks eagerly with the one
+service function each calls replaced.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, replace
+
+import pytest
+
+# pytest-celery 1.x replaces celery.contrib.pytest's in-process ``celery_worker`` with one
+# that runs workers in Docker containers; this module wants the in-process one back.
+from celery.contrib.pytest import celery_worker  # noqa: F401
+from tests.conftest import celery_broker
+from tests.support import wait_for
+
+
+@dataclass(frozen=True)
+class Call:
+    task: str
+    args: tuple
+    kwargs: dict
+    queue: str | None
+    eta: str | None
+    at: float  # time.monotonic() when it ran
+
+
+# -- the worker ----------------------------------------------------------------------------
+@pytest.fixture
+def celery_config(settings, own_broker):
+    """The project's Celery configuration, on a broker of this test's own."""
+    from config.celery import celery_config as project_config
+
+    return {**project_config(settings), "broker_url": own_broker}
+
+
+@pytest.fixture
+def celery_worker_parameters():
+    from config.celery import QUEUES
+
+    # Every queue a real worker consumes (-Q in the Makefile and docker-compose.yml);
+    # no ping: results are off, as in production.
+    return {"queues": list(QUEUES), "perform_ping_check": False, "shutdown_timeout": 10}
+
+
+@pytest.fixture
+def received(celery_app):
+    """Stand-ins under every task name an event is routed to; the calls they received."""
+    from workers.relay import ROUTES
+
+    calls: list[Call] = []
+    lock = threading.Lock()
+
+    def stand_in(self, *args, **kwargs):
+        delivery = self.request.delivery_info or {}
+        with lock:
+            calls.append(Call(self.name, args, kwargs, delivery.get("routing_key"), self.request.eta,
+                              time.monotonic()))
+
+    for name in sorted({route.task for routes in ROUTES.values() for route in routes}):
+        celery_app.task(name=name, bind=True, shared=False, lazy=False)(stand_in)
+    return calls
+
+
+@pytest.fixture
+def worker(received, celery_worker):
+    """The in-process worker, started once the stand-ins are registered."""
+    return celery_worker
+
+
+@pytest.fixture
+def publish(rt, own_broker, monkeypatch):
+    """``send_events`` with the project's app publishing to this test's broker, at a given delay."""
+    from workers import relay
+    from workers.celery_app import app
+
+    def send(events, *, fulfilment_delay: float):
+        monkeypatch.setattr(rt, "settings", replace(rt.settings, fulfilment_delay_seconds=fulfilment_delay))
+        with celery_broker(app, own_broker):
+            return relay.send_events(events)
+
+    return send
+
+
+def _event(event_type: str) -> dict:
+    return {"id": str(uuid.uuid4()), "type": event_type, "payload": {"order_id": str(uuid.uuid4())},
+            "headers": {}}
+
+
+def _event_id(call: Call) -> str | None:
+    return call.args[0].get("id") if call.args and isinstance(call.args[0], dict) else None
+
+
+def _arrived(received: list[Call], count: int) -> list[Call]:
+    wait_for(lambda: len(received) >= count, timeout=15, what=f"{count} task calls")
+    time.sleep(0.5)  # anything beyond the expected would arrive by now
+    return list(received)
+
+
+# -- (a) every route, exactly ----------------------------------------------------------------
+def test_each_event_becomes_exactly_the_tasks_its_routes_name_with_the_event_as_argument(
+        worker, received, publish):
+    from workers.relay import ROUTES
+
+    events = [_event(event_type) for event_type in ROUTES] + [_event("test.nobody_listens")]
+    assert publish(events, fulfilment_delay=0) == [e["id"] for e in events]  # all sent, none stuck
+
+    expected = Counter()
+    for event in events:
+        for route in ROUTES.get(event["type"], ()):
+            if not route.delayed:  # with no delay, fulfilment happens in the reservation's transaction
+                expected[(event["id"], route.task, route.queue)] += 1
+    calls = _arrived(received, sum(expected.values()))
+    by_id = {e["id"]: e for e in events}
+    assert Counter((_event_id(c), c.task, c.queue) for c in calls) == expected
+    for call in calls:
+        assert call.args == (by_id[_event_id(call)],) and call.kwargs == {}, call
+        assert call.eta is None, call
+
+
+def test_a_delayed_route_is_sent_with_the_fulfilment_delay_and_the_others_without(
+        worker, received, publish):
+    from workers.relay import ROUTES
+
+    delay = 1.0
+    events = [_event(t) for t, routes in ROUTES.items() if any(r.delayed for r in routes)]
+    assert events, "no route is delayed any more: this test has nothing to check"
+    sent_at = time.monotonic()
+    publish(events, fulfilment_delay=delay)
+
+    expected = Counter((e["id"], r.task, r.queue, r.delayed) for e in events for r in ROUTES[e["type"]])
+    calls = _arrived(received, sum(expected.values()))
+    assert Counter((_event_id(c), c.task, c.queue, c.eta is not None) for c in calls) == expected
+    for call in calls:
+        if call.eta:  # held by the worker until then, not run at once
+            assert call.at - sent_at >= delay - 0.05, call
+
+
+# -- (b) an outage retries -----------------------------------------------------------------
+# The one service function each event task calls (workers/tasks.py).
+SERVICE_CALLS = {
+    "inventory.reserve": "services.inventory.service.reserve_order",
+    "inventory.commit": "services.inventory.service.commit_order",
+    "inventory.release": "services.inventory.service.release_order",
+    "orders.apply_reservation": "services.orders.service.apply_reservation",
+    "orders.fulfil": "services.orders.service.fulfil_order",
+    "notifications.notify": "services.notifications.service.notify",
+    "notifications.remember_recipient": "services.notifications.service.remember_recipient",
+}
+
+
+@pytest.fixture
+def eager_app():
+    """The project's Celery app in eager mode (tasks run in the caller), restored afterwards."""
+    import workers.tasks  # noqa: F401  (registers the tasks)
+    from workers.celery_app import app
+
+    eager = {"task_always_eager": True, "task_eager_propagates": True}
+    previous = {key: app.conf[key] for key in eager}
+    app.conf.update(eager)
+    try:
+        yield app
+    finally:
+        app.conf.update(previous)
+
+
+def test_every_task_an_event_is_routed_to_is_a_domain_task_that_retries_on_unavailable(eager_app):
+    from services.errors import Unavailable
+    from workers.relay import ROUTES
+    from workers.tasks import DomainTask
+
+    for name in {route.task for routes in ROUTES.values() for route in routes}:
+        task = eager_app.tasks[name]
+        assert isinstance(task, DomainTask), name
+        assert issubclass(Unavailable, tuple(task.autoretry_for)), name
+
+
+@pytest.mark.parametrize("name", sorted(SERVICE_CALLS))
+def test_a_task_whose_service_is_unavailable_asks_to_be_retried(eager_app, monkeypatch, name):
+    from celery.exceptions import Retry
+
+    from services.errors import Unavailable
+
+    def unavailable(**_):
+        raise Unavailable("the database is down")
+
+    monkeypatch.setattr(SERVICE_CALLS[name], unavailable)
+    with pytest.raises(Retry) as raised:  # eager + propagate: the retry surfaces instead of running later
+        eager_app.tasks[name].apply(args=[_event("test.outage")], throw=True)
+    assert isinstance(raised.value.exc, Unavailable)
+
+
+@pytest.mark.parametrize("name", sorted(SERVICE_CALLS))
+def test_a_task_retries_through_an_outage_until_its_service_answers(eager_app, monkeypatch, name):
+    from services.errors import Unavailable
+
+    task = eager_app.tasks[name]
+    event = _event("test.outage")
+    attempts: list[tuple[int, dict]] = []
+
+    def down_twice(**kwargs):
+        attempts.append((task.request.retries, kwargs))
+        if len(attempts) <= 2:
+            raise Unavailable("the database is down")
+
+    monkeypatch.setattr(SERVICE_CALLS[name], down_twice)
+    # Without propagation an eager retry runs again at once (no countdown), and again.
+    eager_app.conf.task_eager_propagates = False
+    result = task.apply(args=[event])
+    assert result.state == "SUCCESS", result.traceback
+    assert [retries for retries, _ in attempts] == [0, 1, 2]
+    assert all(kwargs["event"] == event for _, kwargs in attempts)
+
+
+def test_a_mail_sent_but_not_recorded_goes_with_the_retry_and_is_recorded_not_sent_again(eager_app, monkeypatch):
+    from services.notifications.errors import OutcomesUnrecorded
+
+    task = eager_app.tasks["notifications.notify"]
+    event = _event("order.fulfilled")
+    calls: list[dict] = []
+
+    def notify(**kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:  # sent, then the database went away before the outcome was recorded
+            raise OutcomesUnrecorded([("7f1f6a4e-0000-4000-8000-000000000001", "sent", None)])
+
+    monkeypatch.setattr(SERVICE_CALLS["notifications.notify"], notify)
+    eager_app.conf.task_eager_propagates = False
+    result = task.apply(args=[event])
+    assert result.state == "SUCCESS", result.traceback
+    assert calls[0] == {"event": event, "outcomes": None}
+    assert calls[1] == {"event": event, "outcomes": [["7f1f6a4e-0000-4000-8000-000000000001", "sent", None]]} \
+        or calls[1] == {"event": event, "outcomes": [("7f1f6a4e-0000-4000-8000-000000000001", "sent", None)]}
