@@ -373,8 +373,8 @@ class Chaos:
         deadline = time.monotonic() + self.profile.drain_timeout
         while True:
             state = self.backlog(db)
-            if not any(state.values()) or time.monotonic() > deadline:
-                return state
+            if not any(state.values()) or time.monotonic() > deadline or self.stack.check_alive():
+                return state  # a process that died will not drain anything more
             time.sleep(2)
 
     def backlog(self, db: PgClient) -> dict:
@@ -424,7 +424,9 @@ class Chaos:
         sent_not_received = len(sent - set(per_id))
         failed = db.fetchval("SELECT count(*) FROM notifications.notifications WHERE status = 'failed'")
         dead = db.fetch("SELECT task_name, error FROM public.dead_letters WHERE redriven_at IS NULL")
+        died = self.stack.check_alive()
         return [
+            ("every process of the system still running", not died, ", ".join(died) or "all running"),
             ("every accepted order exists and is terminal", not missing and not open_,
              f"{len(accepted)} accepted, {len(status)} in the database, {len(missing)} missing, "
              f"{len(open_)} not terminal"),

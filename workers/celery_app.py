@@ -13,11 +13,13 @@ from celery.signals import setup_logging, worker_process_init, worker_process_sh
 
 from config.celery import celery_config
 from config.settings import settings_or_exit
+from workers import broker
 from workers.liveness import LivenessFile
 
 logger = logging.getLogger(__name__)
 
 settings = settings_or_exit()
+broker.install()  # a dropped Redis broker must not end the worker (workers/broker.py)
 app = Celery("oms", include=["workers.tasks"])
 app.conf.update(celery_config(settings))
 app.steps["worker"].add(LivenessFile)

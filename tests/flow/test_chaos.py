@@ -26,7 +26,7 @@ def _held(report: str) -> dict[str, str]:
 def test_every_fault_one_after_another_under_load_keeps_every_invariant():
     report = _chaos()
     held = _held(report)
-    assert len(held) == 6 and set(held.values()) == {"yes"}, report
+    assert len(held) == 7 and set(held.values()) == {"yes"}, report
     for fault in ("SIGKILL a Celery pool child", "freeze Redis", "restart Redis with its data wiped",
                   "freeze PostgreSQL", "stop the SMTP server", "SIGKILL beat"):
         assert f"| {fault}" in report, report
