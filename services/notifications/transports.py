@@ -91,6 +91,7 @@ class SmtpTransport:
         self.envelope_from = mail_address(match.group(2) if match else header_text(sender))
         self.idle_seconds = idle_seconds
         self._smtp: smtplib.SMTP | None = None
+        self._data_started = False  # within one send, under _lock
         self._used_at = 0.0
         self._lock = threading.Lock()
 
@@ -137,25 +138,21 @@ class SmtpTransport:
         reused = self._smtp is not None and time.monotonic() - self._used_at < self.idle_seconds
         if not reused:
             self.close()
-        handed = []
-
-        def hand_over():
-            handed.append(True)
-
+        self._data_started = False
         try:
-            self._attempt(message, hand_over, reuse=reused)
+            self._attempt(message, reuse=reused)
         except OSError as exc:  # smtplib's errors are OSErrors too: only a dropped session is retried
             dropped = isinstance(exc, smtplib.SMTPServerDisconnected) or not isinstance(exc, smtplib.SMTPException)
-            if not (reused and dropped and not handed):
+            if not (reused and dropped and not self._data_started):
                 raise
-            # The kept session had been dropped (server restart, idle timeout) before the
-            # message was handed over: once more on a new one.
-            self._attempt(message, hand_over, reuse=False)
+            # The kept session had been dropped (server restart, idle timeout) before DATA
+            # began, so the server cannot have the message: once more on a new one.
+            self._attempt(message, reuse=False)
         self._used_at = time.monotonic()
 
-    def _attempt(self, message, hand_over, *, reuse: bool) -> None:
+    def _attempt(self, message, *, reuse: bool) -> None:
         try:
-            self._transmit(self._smtp if reuse else self._connect(), message, hand_over)
+            self._transmit(self._smtp if reuse else self._connect(), message)
         except (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused):
             self._reset()  # refused: the session itself is still good
             raise
@@ -163,8 +160,8 @@ class SmtpTransport:
             self.close()
             raise
 
-    def _transmit(self, smtp: smtplib.SMTP, message, hand_over) -> None:
-        """``SMTP.send_message``, noting (``hand_over``) when DATA begins.
+    def _transmit(self, smtp: smtplib.SMTP, message) -> None:
+        """``SMTP.send_message``, noting (``_data_started``) when DATA begins.
 
         Until then an SMTP transaction the client abandons delivers nothing, so a kept
         session found dropped before it can be retried on a new one; after it the server
@@ -186,7 +183,7 @@ class SmtpTransport:
         code, reply = smtp.rcpt(recipient)
         if code not in (250, 251):
             raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
-        hand_over()
+        self._data_started = True
         code, reply = smtp.data(data)
         if code != 250:
             raise smtplib.SMTPDataError(code, reply)
