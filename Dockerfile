@@ -29,6 +29,7 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY app ./app
 COPY config ./config
+COPY infra ./infra
 COPY migrations ./migrations
 COPY services ./services
 COPY workers ./workers

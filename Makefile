@@ -80,5 +80,5 @@ migrate: $(STAMP)
 	$(VPY) -m app migrate
 
 clean-data:
-	@if [ -x $(VPY) ] && [ -d var ]; then $(VPY) -m app.embedded stop var/pgdata var/redis; fi
+	@if [ -x $(VPY) ] && [ -d var ]; then $(VPY) -m devtools.embedded stop var/pgdata var/redis; fi
 	rm -rf var

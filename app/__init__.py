@@ -56,7 +56,7 @@ def create_app(service: str, settings: Settings | None = None) -> Flask:
     for blueprint in _blueprints(service):
         api.register_blueprint(blueprint)
     if service in ("users", "orders", "inventory"):
-        from services import runtime
+        from infra import runtime
         from workers.relay import publish
 
         runtime.set_publisher(publish)  # committed outbox events go to Celery right away

@@ -25,7 +25,7 @@ from flask_jwt_extended import (
 
 from app.errors import problem
 from config.settings import Settings
-from services.errors import Forbidden, Unavailable
+from infra.errors import Forbidden, Unavailable
 
 logger = logging.getLogger(__name__)
 

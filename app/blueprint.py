@@ -3,7 +3,7 @@
 The Blueprint's JSON parser never lets bad input become a 500. The OpenAPI document
 says what the server does: errors are ``application/problem+json`` (``ProblemSchema``),
 every operation lists the error statuses it can answer, authenticated operations
-name the bearer scheme, and the constraints of ``services/validation.py`` (text
+name the bearer scheme, and the constraints of ``infra/validation.py`` (text
 without control characters, anchored patterns, "not 0") are stated in the schemas.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from marshmallow import validate
 from webargs.flaskparser import FlaskParser
 
 from app.errors import PROBLEM_JSON, ProblemSchema
-from services.validation import Email
+from infra.validation import Email
 
 BEARER_AUTH = "bearerAuth"
 BEARER_SCHEME = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",

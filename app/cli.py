@@ -1,7 +1,7 @@
 """``python -m app <command>``: migrate, create-admin, run (the whole system for development).
 
 ``migrate`` connects as the owner DATABASE_URL names; the other commands, which serve
-several domains, as the worker role (services/roles.py).
+several domains, as the worker role (infra/roles.py).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _setup(name: str):
 
 
 def cmd_migrate(args) -> int:
-    from services import migrations
+    from infra import migrations
 
     settings = _setup("migrate")
     # As the owner DATABASE_URL names; every other command logs in as the worker role.
@@ -34,8 +34,8 @@ def cmd_migrate(args) -> int:
 
 
 def cmd_create_admin(args) -> int:
-    from services import runtime
-    from services.errors import DomainError
+    from infra import runtime
+    from infra.errors import DomainError
     from services.users import service
 
     settings = _setup("create-admin")
@@ -60,7 +60,7 @@ def cmd_dead_letters(args) -> int:
     import json
     import uuid
 
-    from services import dead_letters, runtime
+    from infra import dead_letters, runtime
 
     settings = _setup("dead-letters")
     rt = runtime.start(settings, name="dead-letters")
@@ -92,7 +92,7 @@ def cmd_dead_letters(args) -> int:
 
 
 def cmd_seed(args) -> int:
-    from services import runtime
+    from infra import runtime
     from services.inventory import demo
 
     settings = _setup("seed")
@@ -106,9 +106,9 @@ def cmd_seed(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from app import devrun
+    from devtools import supervisor
 
-    return devrun.main(args)
+    return supervisor.main(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from flask import Flask, Response, json, request
 from marshmallow import INCLUDE, Schema, fields, validate
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from services.errors import DomainError, Unavailable
+from infra.errors import DomainError, Unavailable
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from services import runtime
-from services.errors import Unavailable
+from infra import runtime
+from infra.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 

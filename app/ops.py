@@ -21,8 +21,8 @@ from flask import Blueprint, Flask, Response, abort, g, jsonify, request
 
 from app import metrics
 from app.errors import problem
-from services import runtime
-from services.errors import Unavailable
+from infra import runtime
+from infra.errors import Unavailable
 
 logger = logging.getLogger("app.access")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from services import registry, runtime
-from services.errors import Unavailable
+from infra import registry, runtime
+from infra.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 

@@ -311,7 +311,7 @@ class Chaos:
         return fault
 
     def wipe_redis(self) -> Fault:
-        from app import embedded
+        from devtools import embedded
 
         fault = Fault("restart Redis with its data wiped", self._now())
         old = self.stack.embedded_redis

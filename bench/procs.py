@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.devrun import live_group_members
+from devtools.supervisor import live_group_members
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,7 +82,7 @@ class Proc:
 class Supervisor:
     workdir: Path
     procs: dict[str, Proc] = field(default_factory=dict)
-    servers: list = field(default_factory=list)  # app.embedded.Embedded objects
+    servers: list = field(default_factory=list)  # devtools.embedded.Embedded objects
     server_dirs: list[str] = field(default_factory=list)
     remove_workdir: bool = True  # the reaper deletes the work folder once it stopped everything
     _reaper: subprocess.Popen | None = None

@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
         kill_group(pgid, timeout=15.0)
     dirs = state.get("server_dirs", [])
     if dirs:
-        from app import embedded
+        from devtools import embedded
 
         for folder in reversed(dirs):
             path = Path(folder)

@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
     with ExitStack() as cleanup:
         url = os.environ.get("DATABASE_URL")
         if not url:
-            from app import embedded
+            from devtools import embedded
 
             folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="oms-roleswitch-"))
             server = cleanup.enter_context(embedded.start_postgres(Path(folder) / "pgdata"))
@@ -75,8 +75,8 @@ def main(argv: list[str]) -> int:
 
 
 def _measure(url: str, n: int, rounds: int) -> dict[str, float]:
-    from services import migrations, roles
-    from services.db import Database
+    from infra import migrations, roles
+    from infra.db import Database
 
     settings = load_settings({"DATABASE_URL": url})
     migrations.migrate(settings)

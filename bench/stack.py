@@ -91,7 +91,7 @@ class Stack:
 
     # -- servers -----------------------------------------------------------------
     def start_servers(self) -> None:
-        from app import embedded
+        from devtools import embedded
 
         given_db = os.environ.get("DATABASE_URL")
         if given_db:

@@ -45,13 +45,13 @@ def _advertised_url(settings) -> str:
 
 def post_worker_init(worker):
     from app import registry
-    from services import runtime
-    from services.errors import Unavailable
+    from infra import runtime
+    from infra.errors import Unavailable
 
     app = worker.app.wsgi()
     settings = app.extensions["settings"]
     try:
-        # It logs in to PostgreSQL as the role of what it serves (services/roles.py).
+        # It logs in to PostgreSQL as the role of what it serves (infra/roles.py).
         runtime.start(settings, name=os.environ.get("SERVICE_NAME", "http"), role=app.extensions["service"])
     except Unavailable:
         # Serve anyway: /health stays up, and requests retry the pool (503 until it opens).
@@ -63,7 +63,7 @@ def post_worker_init(worker):
 
 def worker_exit(server, worker):
     from app import registry
-    from services import runtime
+    from infra import runtime
 
     registry.stop()
     runtime.stop()
@@ -76,7 +76,7 @@ def on_exit(server):
     service = (getattr(server.app, "app_uri", None) or "").rpartition(":")[2]  # app.wsgi:<service>
     if settings.registry_enabled and service:
         from app import registry
-        from services import roles
+        from infra import roles
 
         registry.deregister_now(dsn=roles.login(settings, service).dsn, service=service,
                                 url=_advertised_url(settings))

@@ -95,7 +95,7 @@ class Secret(str):
 class Settings:
     app_env: str = "development"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/oms"
-    # Database roles are named <prefix><what> (oms_orders, oms_worker): see services/roles.py.
+    # Database roles are named <prefix><what> (oms_orders, oms_worker): see infra/roles.py.
     db_role_prefix: str | None = None
     # Passwords `migrate` gives the roles (DB_PASSWORD_<ROLE>), by role: users, ..., gateway, worker.
     db_role_passwords: dict = field(default_factory=dict, repr=False)

@@ -1,7 +1,7 @@
 """Test session wiring: real PostgreSQL and Redis, a throwaway database per session.
 
 ``TEST_DATABASE_URL`` / ``TEST_REDIS_URL`` name servers to use; without them the
-session starts embedded ones (app/embedded.py) in a temporary folder.
+session starts embedded ones (devtools/embedded.py) in a temporary folder.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def servers(tmp_path_factory):
     pg_url = os.environ.get("TEST_DATABASE_URL")
     redis_url = os.environ.get("TEST_REDIS_URL")
     if not pg_url or not redis_url:
-        from app import embedded
+        from devtools import embedded
 
         base = tmp_path_factory.mktemp("servers")
         if not pg_url:
@@ -79,7 +79,7 @@ def new_database(server_url: str, prefix: str = "oms_test") -> str:
 def drop_database(server_url: str, url: str) -> None:
     """Drop the database and the roles its migrations made (they are the server's, not its)."""
     from config.settings import load_settings
-    from services import roles
+    from infra import roles
 
     name = urlsplit(url).path.lstrip("/")
     anyio.run(_admin, server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -99,7 +99,7 @@ def database_url(servers):
     server_url = servers[0]
     url = new_database(server_url)
     yield url
-    from services import runtime
+    from infra import runtime
 
     runtime.stop()
     drop_database(server_url, url)
@@ -119,7 +119,7 @@ def own_redis(tmp_path_factory):
     For tests that stop, fill or spy on Redis, or whose worker must not share a broker
     with the session's: nothing else uses it, with or without TEST_REDIS_URL.
     """
-    from app import embedded
+    from devtools import embedded
 
     # A folder of its own under the session's base: short enough for a socket path.
     server = embedded.start_redis(tmp_path_factory.mktemp("own-redis"), persistent=False)
@@ -193,9 +193,9 @@ def rt(settings):
     """This test process's runtime (loop, pool, managers), migrated.
 
     Migrated as the owner DATABASE_URL names, then logged in like a Celery worker: as the
-    worker role, each manager acting as its schema's role (services/roles.py).
+    worker role, each manager acting as its schema's role (infra/roles.py).
     """
-    from services import migrations, runtime
+    from infra import migrations, runtime
 
     migrations.migrate(settings, timeout=120)
     return runtime.start(settings, name="tests")

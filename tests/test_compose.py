@@ -25,7 +25,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 PROMETHEUS = ROOT / "deploy/prometheus/prometheus.yml"
 DASHBOARDS = ROOT / "deploy/grafana/dashboards"
 PROVISIONING = ROOT / "deploy/grafana/provisioning"
-CODE_DIRS = ("app", "config", "services", "workers")
+CODE_DIRS = ("app", "config", "infra", "services", "workers")
 
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 # Metrics exported by third-party exporters that run in the compose file (image -> names).
@@ -134,7 +134,7 @@ class _Recorder(dict):
 
 
 def _is_environ(node: ast.AST) -> bool:
-    """os.environ, environ, or a mapping named env (config/settings.py, app/devrun.py)."""
+    """os.environ, environ, or a mapping named env (config/settings.py, devtools/supervisor.py)."""
     if isinstance(node, ast.Attribute):
         return node.attr == "environ"
     return isinstance(node, ast.Name) and node.id in ("environ", "env")
@@ -468,10 +468,10 @@ def test_processes_running_our_code_get_production_settings(name):
 @pytest.mark.parametrize("name", sorted(n for n, svc in compose()["services"].items()
                                          if is_ours(svc) and runs_our_code(svc)))
 def test_each_process_logs_in_to_postgresql_as_its_own_role(name):
-    """services/roles.py: migrate as the owner, HTTP services as their domain (or the
+    """infra/roles.py: migrate as the owner, HTTP services as their domain (or the
     gateway), the rest as the worker; with the password migrate gives that role."""
     from config.settings import load_settings
-    from services import roles
+    from infra import roles
 
     svc, migrate = services()[name], environment(services()["migrate"])
     url = urlsplit(environment(svc)["DATABASE_URL"])
@@ -624,7 +624,7 @@ def test_dockerfile_is_slim_multi_stage_non_root_and_copies_what_exists():
         assert source not in ignored, f"COPY {source} is excluded by .dockerignore"
         copied.add(source)
     # every top-level package the commands import, and the SQL migrations
-    assert {"app", "config", "services", "workers", "migrations"} <= copied
+    assert {"app", "config", "infra", "services", "workers", "migrations"} <= copied
     for folder in ("tests", "bench", ".venv", "var"):
         assert folder not in copied
 

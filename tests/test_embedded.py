@@ -1,4 +1,4 @@
-"""Embedded PostgreSQL and Redis (app/embedded.py): data survives restarts, leftovers are handled, stop is safe."""
+"""Embedded PostgreSQL and Redis (devtools/embedded.py): data survives restarts, leftovers are handled, stop is safe."""
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +7,7 @@ import asyncpg
 import pytest
 import redis
 
-from app import embedded
+from devtools import embedded
 
 
 def _sql(url: str, query: str, *args):

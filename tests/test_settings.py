@@ -40,7 +40,7 @@ def test_pool_ceilings_fit_the_connection_budget_unless_set():
 
 
 def test_each_process_logs_in_as_its_own_role_of_the_database():
-    from services import roles
+    from infra import roles
 
     s = load_settings({"DATABASE_URL": "postgresql://owner:ownerpass@db:5432/shop?sslmode=require&user=owner"})
     assert s.role_prefix == "shop_"
@@ -54,21 +54,21 @@ def test_each_process_logs_in_as_its_own_role_of_the_database():
 
 
 def test_a_url_that_names_the_process_role_is_used_as_given():
-    from services import roles
+    from infra import roles
 
     url = "postgresql://oms_gateway:secret@db/oms"
     assert roles.login(load_settings({"DATABASE_URL": url}), roles.GATEWAY).dsn == url
 
 
 def test_the_embedded_servers_socket_url_keeps_its_socket():
-    from services import roles
+    from infra import roles
 
     s = load_settings({"DATABASE_URL": "postgresql://postgres:@/oms?host=/tmp/pg%20sock"})
     assert roles.login(s, "users").dsn == "postgresql://oms_users@/oms?host=/tmp/pg%20sock"
 
 
 def test_the_role_prefix_can_be_set_and_must_leave_room_for_the_names():
-    from services import roles
+    from infra import roles
 
     assert load_settings({"DB_ROLE_PREFIX": "app_"}).role_prefix == "app_"
     with pytest.raises(ConfigError, match="DB_ROLE_PREFIX"):
@@ -78,7 +78,7 @@ def test_the_role_prefix_can_be_set_and_must_leave_room_for_the_names():
 
 
 def test_a_role_password_given_to_migrate_goes_with_that_roles_login_only():
-    from services import roles
+    from infra import roles
 
     s = load_settings({"DATABASE_URL": "postgresql://owner:ownerpass@db/oms", "DB_PASSWORD_ORDERS": "p@ss/word"})
     assert roles.login(s, "orders").dsn == "postgresql://oms_orders:p%40ss%2Fword@db/oms"

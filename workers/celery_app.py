@@ -49,8 +49,8 @@ def _logging(**_):
 @worker_process_init.connect
 def _start_runtime(**_):
     from config import tracing
-    from services import runtime
-    from services.errors import Unavailable
+    from infra import runtime
+    from infra.errors import Unavailable
 
     # After fork, as the OpenTelemetry Celery instrumentation asks.
     tracing.configure(os.environ.get("SERVICE_NAME", "worker"))
@@ -64,7 +64,7 @@ def _start_runtime(**_):
 
 @worker_process_shutdown.connect
 def _stop_runtime(**_):
-    from services import runtime
+    from infra import runtime
     from services.notifications import service as notifications
 
     notifications.use_transports(None)  # says QUIT to the SMTP server

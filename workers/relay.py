@@ -16,7 +16,7 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from opentelemetry import context, propagate
 
-from services import messaging, runtime
+from infra import messaging, runtime
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from kombu.exceptions import OperationalError
 
-from services import dead_letters, runtime
-from services.errors import Unavailable
+from infra import dead_letters, runtime
+from infra.errors import Unavailable
 from services.inventory import service as inventory
 from services.notifications import service as notifications
 from services.orders import service as orders

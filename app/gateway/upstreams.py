@@ -18,10 +18,10 @@ import pybreaker
 import redis
 import urllib3
 
-from services.breaker import ConcurrentBreaker, SharedStateStorage
+from infra.breaker import ConcurrentBreaker, SharedStateStorage
 from config.settings import Settings
-from services import registry, runtime
-from services.errors import Unavailable
+from infra import registry, runtime
+from infra.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from app.auth import admin_required
 from app.blueprint import Blueprint, problem_response
 from app.gateway.routes import ROUTES
 from app.gateway.upstreams import UpstreamDown, Upstreams
-from services import registry, runtime
+from infra import registry, runtime
 
 SWAGGER_UI = Path(flask_swagger_ui.__file__).parent / "dist"
 STATIC = Path(__file__).parent / "static"

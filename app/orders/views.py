@@ -7,7 +7,7 @@ from flask_jwt_extended import get_jwt, jwt_required
 from app.blueprint import Blueprint
 
 from app.auth import current_user_id
-from services.errors import ValidationFailed
+from infra.errors import ValidationFailed
 from services.orders import service
 from services.orders.schemas import ListQuerySchema, OrderPageSchema, OrderSchema, PlaceOrderSchema
 

@@ -1,4 +1,4 @@
-from services.errors import Conflict, NotFound
+from infra.errors import Conflict, NotFound
 
 
 class ProductNotFound(NotFound):

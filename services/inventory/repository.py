@@ -10,7 +10,7 @@ import anyio
 
 import asyncpg
 
-from services import messaging
+from infra import messaging
 from services.inventory import events
 from services.inventory.errors import InsufficientStock, ProductNotFound, SkuTaken
 from services.inventory.schemas import MAX_STOCK  # on_hand is an integer column: stay far below it

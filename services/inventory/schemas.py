@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from services.validation import Bool, Line, PageQuerySchema, Pattern, Text
+from infra.validation import Bool, Line, PageQuerySchema, Pattern, Text
 from webargs.fields import DelimitedList
 
 _CURRENCY = Pattern(r"[A-Z]{3}", error="must be an ISO 4217 code such as USD")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import uuid
 
-from services import pagination, runtime
+from infra import pagination, runtime
 from services.inventory import repository
 from services.inventory.errors import ProductNotFound
 

@@ -1,4 +1,4 @@
-from services.errors import Unavailable
+from infra.errors import Unavailable
 
 
 class RecipientUnknown(Unavailable):

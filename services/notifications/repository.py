@@ -4,7 +4,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from services import messaging, pagination
+from infra import messaging, pagination
 from services.notifications.errors import RecipientUnknown
 
 # A sender claims the notifications it is about to send for this long: neither a retry of

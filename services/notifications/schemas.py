@@ -1,7 +1,7 @@
 """Marshmallow schemas of the notifications API."""
 from marshmallow import Schema, fields
 
-from services.validation import Line, PageQuerySchema, Text
+from infra.validation import Line, PageQuerySchema, Text
 
 
 ListQuerySchema = PageQuerySchema

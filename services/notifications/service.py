@@ -7,9 +7,9 @@ import uuid
 
 from opentelemetry import trace
 
-from services import pagination, runtime
+from infra import pagination, runtime
 from services.notifications import repository, templates, transports
-from services.errors import Unavailable
+from infra.errors import Unavailable
 from services.notifications.errors import DeliveryFailed, DeliveryPending, OutcomesUnrecorded
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The inventory service's HTTP API, as the orders domain sees it: prices and availability.
 
-Behind a circuit breaker (pybreaker's, with calls not serialized: ``services/breaker.py``):
+Behind a circuit breaker (pybreaker's, with calls not serialized: ``infra/breaker.py``):
 after ``fail_max`` consecutive failures (connection errors, timeouts, 5xx) the circuit
 opens and placing an order answers 503 with Retry-After at once, instead of every
 request waiting for a timeout.
@@ -16,8 +16,8 @@ import uuid
 import pybreaker
 import urllib3
 
-from services.breaker import ConcurrentBreaker
-from services.errors import Unavailable
+from infra.breaker import ConcurrentBreaker
+from infra.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 

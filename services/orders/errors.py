@@ -1,4 +1,4 @@
-from services.errors import InvalidState, NotFound, ValidationFailed
+from infra.errors import InvalidState, NotFound, ValidationFailed
 
 
 class OrderNotFound(NotFound):

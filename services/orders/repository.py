@@ -6,7 +6,7 @@ import json
 import uuid
 from datetime import datetime
 
-from services import messaging, pagination
+from infra import messaging, pagination
 from services.orders import events
 from services.orders.errors import IdempotencyKeyReused, NotCancellable, OrderNotFound
 

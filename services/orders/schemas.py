@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from services.validation import Line, PageQuerySchema
+from infra.validation import Line, PageQuerySchema
 
 
 class LineSchema(Schema):

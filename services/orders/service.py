@@ -5,8 +5,8 @@ import hashlib
 import json
 import uuid
 
-from services import pagination, runtime
-from services.errors import Unavailable, ValidationFailed
+from infra import pagination, runtime
+from infra.errors import Unavailable, ValidationFailed
 from services.orders import repository
 from services.orders.catalog import catalog
 from services.orders.errors import OrderNotFound

@@ -1,4 +1,4 @@
-from services.errors import Conflict, NotFound, Unauthorized, Unavailable
+from infra.errors import Conflict, NotFound, Unauthorized, Unavailable
 
 
 class EmailTaken(Conflict):

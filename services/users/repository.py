@@ -6,7 +6,7 @@ import uuid
 import asyncpg
 from pgdbm import AsyncDatabaseManager
 
-from services import messaging
+from infra import messaging
 from services.users import events
 from services.users.errors import EmailTaken
 

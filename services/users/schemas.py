@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from services.validation import Email, Line, Pattern, Text
+from infra.validation import Email, Line, Pattern, Text
 
 _PHONE = Pattern(r"\+[1-9][0-9]{6,14}", error="must be an E.164 number such as +14155550123")
 

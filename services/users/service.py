@@ -7,9 +7,9 @@ import uuid
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from services import runtime
+from infra import runtime
 from services.users import repository
-from services.errors import Unavailable
+from infra.errors import Unavailable
 from services.users.errors import InvalidCredentials, LoginThrottled, SessionRevoked, UserNotFound
 from services.users import sessions as session_store
 from services.users import throttle as login_throttle

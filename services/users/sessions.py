@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import redis
 
-from services import runtime
-from services.errors import Unavailable
+from infra import runtime
+from infra.errors import Unavailable
 from services.users.errors import SessionRevoked
 
 _RAISE_GENERATION = """

@@ -16,8 +16,8 @@ import math
 
 import redis
 
-from services import runtime
-from services.errors import Unavailable
+from infra import runtime
+from infra.errors import Unavailable
 from services.users.errors import LoginThrottled
 
 logger = logging.getLogger(__name__)

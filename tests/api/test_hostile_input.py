@@ -35,7 +35,7 @@ def _errors(schema, data) -> dict:
 def test_text_refuses_invalid_unicode_and_control_characters(bad):
     from marshmallow import Schema
 
-    from services.validation import Line, Text
+    from infra.validation import Line, Text
 
     class Both(Schema):
         text = Text()
@@ -49,7 +49,7 @@ def test_text_refuses_invalid_unicode_and_control_characters(bad):
 def test_a_line_refuses_line_breaks_and_tabs_but_text_keeps_them(brk):
     from marshmallow import Schema
 
-    from services.validation import Line, Text
+    from infra.validation import Line, Text
 
     class Both(Schema):
         text = Text()
@@ -62,7 +62,7 @@ def test_a_line_refuses_line_breaks_and_tabs_but_text_keeps_them(brk):
 def test_printable_unicode_is_welcome_everywhere():
     from marshmallow import Schema
 
-    from services.validation import Line, Text
+    from infra.validation import Line, Text
 
     class Both(Schema):
         text = Text()
@@ -75,7 +75,7 @@ def test_printable_unicode_is_welcome_everywhere():
 def test_a_pattern_must_match_the_whole_value():
     from marshmallow import ValidationError
 
-    from services.validation import Pattern
+    from infra.validation import Pattern
 
     three = Pattern(r"[A-Z]{3}", error="three capitals")
     assert three("USD") == "USD"

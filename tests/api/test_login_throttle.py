@@ -162,7 +162,7 @@ def test_with_redis_unreachable_login_fails_closed_outside_development(rt, base_
 
 
 def test_the_throttle_follows_the_revocation_fail_open_switch_when_redis_is_down():
-    from services.errors import Unavailable
+    from infra.errors import Unavailable
     from services.users.throttle import LoginThrottle
 
     dead = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5,

@@ -255,7 +255,7 @@ def test_active_is_a_json_boolean_and_nothing_else(merged, active, ok):
 @pytest.mark.parametrize("cursor, ok", [("", True), ("MjAyNi0xMS0yOVQxNjo0OTowMCswMDowMHw", True),
                                         ("abc+/", False), ("a" * 201, False), ("a\n", False)])
 def test_cursors_are_stated_as_the_server_takes_them(merged, cursor, ok):
-    from services.validation import PageQuerySchema
+    from infra.validation import PageQuerySchema
 
     schema = {p["name"]: p for p in merged["paths"]["/api/orders"]["get"]["parameters"]}["cursor"]["schema"]
     assert schema["maxLength"] == 200

@@ -111,7 +111,7 @@ class Counted:
             self.calls += 1
         time.sleep(self.pause)
         if self.fail:
-            from services.errors import Unavailable
+            from infra.errors import Unavailable
 
             raise Unavailable("the probe is down")
 

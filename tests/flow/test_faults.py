@@ -32,7 +32,7 @@ def _history(order):
 
 
 def test_the_same_event_delivered_twice_has_one_effect(rt, gateway, admin):
-    from services import messaging, runtime
+    from infra import messaging, runtime
     from services.inventory import service as inventory
     from services.orders import repository
     from services.orders import service as orders
@@ -125,7 +125,7 @@ def test_a_worker_killed_mid_reservation_completes_the_order_exactly_once(
 
 def test_orders_accepted_during_a_broker_outage_all_finish_after_it_returns(
         rt, stack_env, gateway, admin, customer, tmp_path):
-    from app import embedded
+    from devtools import embedded
 
     from config.celery import broker_url
 

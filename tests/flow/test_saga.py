@@ -21,7 +21,7 @@ from tests.support import Api, assert_conserved, create_product, place, stock_le
 # -- helpers ------------------------------------------------------------------------
 def _mark_published(rt, schema: str, events: list[dict]) -> list[dict]:
     """As the relay would once it sent them: no sweep hands these events to a worker."""
-    from services import messaging
+    from infra import messaging
 
     rt.db.run(messaging.mark_published, rt.db.manager(schema), [e["id"] for e in events if e])
     return events
@@ -30,7 +30,7 @@ def _mark_published(rt, schema: str, events: list[dict]) -> list[dict]:
 @pytest.fixture
 def collected(rt):
     """What the services publish while the test runs, in order; published nowhere else."""
-    from services import runtime
+    from infra import runtime
 
     events: list[dict] = []
 
@@ -293,7 +293,7 @@ def test_an_order_fulfilled_before_its_expiry_stays_fulfilled_and_its_stock_leav
 
 # -- concurrent sweeps ------------------------------------------------------------------
 def test_two_concurrent_outbox_sweeps_publish_each_row_once(rt):
-    from services import messaging
+    from infra import messaging
     from workers import relay
 
     db = rt.db.manager("inventory")

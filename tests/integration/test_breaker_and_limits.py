@@ -1,6 +1,6 @@
 """The two places where the gateway changes how its libraries talk to Redis (real Redis).
 
-services/breaker.py: calls through a closed breaker run concurrently (pybreaker's own
+infra/breaker.py: calls through a closed breaker run concurrently (pybreaker's own
 breaker runs them one at a time), failures still open the circuit, and the opened state
 is shared through Redis. app/gateway/limits.py: the window flask-limiter reads for its
 headers comes from the hit itself, with the same figures Redis holds.
@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from app.gateway.limits import HitRedisStorage, _storage_uri
-from services.breaker import ConcurrentBreaker, SharedStateStorage
+from infra.breaker import ConcurrentBreaker, SharedStateStorage
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import asyncpg
 import pytest
 
 from config.settings import SCHEMAS
-from services import runtime
-from services.db import Database
-from services.errors import Unavailable
+from infra import runtime
+from infra.db import Database
+from infra.errors import Unavailable
 
 
 def test_every_manager_shares_the_one_pool(rt):
@@ -47,7 +47,7 @@ def test_an_unqualified_table_name_fails(rt):
 
 def _child(queue, parent_pool_id, parent_pid):
     try:
-        from services import runtime as child_runtime
+        from infra import runtime as child_runtime
 
         inherited = child_runtime._runtime
         try:

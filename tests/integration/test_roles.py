@@ -16,8 +16,8 @@ import pytest
 from pgdbm.errors import QueryError
 
 from config.settings import SCHEMAS
-from services import migrations, roles
-from services.db import Database, SuperuserRefused
+from infra import migrations, roles
+from infra.db import Database, SuperuserRefused
 
 # A table of each domain schema (every schema also has an outbox or inbox of the same name).
 TABLE = {"users": "users", "orders": "orders", "inventory": "products", "notifications": "notifications"}
@@ -167,7 +167,7 @@ def test_a_role_switch_cut_short_by_its_deadline_leaves_nothing_behind(rt, setti
             async with orders.transaction() as tx:
                 await tx.execute("SELECT pg_sleep(2)")
 
-        from services.errors import Unavailable
+        from infra.errors import Unavailable
 
         with pytest.raises(Unavailable):
             db.run(slow, db.manager("orders"))
@@ -286,7 +286,7 @@ def test_a_role_password_is_sent_hashed_as_postgresql_would_hash_it(rt, settings
 
 def test_a_process_started_again_lazily_logs_in_as_the_role_it_first_asked_for(rt, settings, monkeypatch):
     # A gunicorn worker whose database was down at boot opens its pool on the first request.
-    from services import runtime
+    from infra import runtime
 
     monkeypatch.setattr(runtime, "_runtime", None)  # the session's runtime is put back afterwards
     monkeypatch.setattr(runtime, "_intent", None)

@@ -41,7 +41,7 @@ def test_a_worker_holding_messages_survives_its_broker_restarting(rt, stack_env,
     import redis
     from celery import Celery
 
-    from app import embedded
+    from devtools import embedded
     from config.celery import broker_url, celery_config
     from config.settings import load_settings
     from tests.conftest import Worker

@@ -174,7 +174,7 @@ def eager_app():
 
 
 def test_every_task_an_event_is_routed_to_is_a_domain_task_that_retries_on_unavailable(eager_app):
-    from services.errors import Unavailable
+    from infra.errors import Unavailable
     from workers.relay import ROUTES
     from workers.tasks import DomainTask
 
@@ -188,7 +188,7 @@ def test_every_task_an_event_is_routed_to_is_a_domain_task_that_retries_on_unava
 def test_a_task_whose_service_is_unavailable_asks_to_be_retried(eager_app, monkeypatch, name):
     from celery.exceptions import Retry
 
-    from services.errors import Unavailable
+    from infra.errors import Unavailable
 
     def unavailable(**_):
         raise Unavailable("the database is down")
@@ -201,7 +201,7 @@ def test_a_task_whose_service_is_unavailable_asks_to_be_retried(eager_app, monke
 
 @pytest.mark.parametrize("name", sorted(SERVICE_CALLS))
 def test_a_task_retries_through_an_outage_until_its_service_answers(eager_app, monkeypatch, name):
-    from services.errors import Unavailable
+    from infra.errors import Unavailable
 
     task = eager_app.tasks[name]
     event = _event("test.outage")

@@ -5,7 +5,7 @@ import base64
 import uuid
 from datetime import datetime, timezone
 
-from services.errors import ValidationFailed
+from infra.errors import ValidationFailed
 
 
 def encode(created_at: datetime, row_id: uuid.UUID) -> str:

@@ -6,7 +6,7 @@ forked child build its own instead of touching its parent's loop and pool.
 ``stop()`` runs only once the process has stopped serving (gunicorn
 ``worker_exit``, Celery ``worker_process_shutdown``).
 
-``role`` is what the process logs in to PostgreSQL as (services/roles.py): an HTTP
+``role`` is what the process logs in to PostgreSQL as (infra/roles.py): an HTTP
 service as its domain (or the gateway), migrate as the owner, and anything else - Celery
 workers, the CLI, tests - as the worker role, acting as each domain's role in turn.
 """
@@ -21,8 +21,8 @@ from typing import Callable
 import redis
 
 from config.settings import SCHEMAS, Settings, load_settings
-from services import roles
-from services.db import Database
+from infra import roles
+from infra.db import Database
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from app import embedded
+from devtools import embedded
 
 logger = logging.getLogger(__name__)
 
@@ -290,11 +290,11 @@ def _run(env: dict[str, str], data_dir: Path, signals: _Signals, servers: list) 
     logger.info("servers", extra={"database_url": shown["database_url"], "redis_url": shown["redis_url"]})
 
     # Migrations run as the user DATABASE_URL names (the embedded server's superuser) and
-    # create the database roles; every other process logs in as its own (services/roles.py).
+    # create the database roles; every other process logs in as its own (infra/roles.py).
     returncode = _run_step([sys.executable, "-m", "app", "migrate"], child_env, signals, what="migrations")
     if returncode != 0:
         return returncode or 0
-    from services import roles
+    from infra import roles
 
     logger.info("processes log in to PostgreSQL as their own roles",
                 extra={"roles": sorted(roles.names(settings.role_prefix).values())})

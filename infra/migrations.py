@@ -3,7 +3,7 @@
 Runs as the owner that DATABASE_URL names. Safe to run twice and from several
 processes at once: a session advisory lock serialises whole runs, and pgdbm locks
 each module as it applies a file. The last step of every run creates the database
-roles and re-applies their grants (services/roles.py).
+roles and re-applies their grants (infra/roles.py).
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import asyncpg
 from pgdbm import AsyncMigrationManager
 
 from config.settings import SCHEMAS, Settings
-from services import roles
-from services.db import Database
+from infra import roles
+from infra.db import Database
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ One role per domain schema (``<prefix>users``, ``<prefix>orders``, ...) may use 
 its own schema; ``<prefix>gateway`` reads the service registry and counts dead
 letters; ``<prefix>worker`` (NOINHERIT) may only record and redrive dead letters by
 itself and is a member of every domain role, which it takes on with ``SET LOCAL
-ROLE`` inside a domain's transactions (services/db.py). The prefix is the database's
+ROLE`` inside a domain's transactions (infra/db.py). The prefix is the database's
 name and ``_`` unless ``DB_ROLE_PREFIX`` says otherwise, so databases sharing a server
 (tests, CI) never share roles. ``python -m app migrate`` creates the roles and
 re-applies every grant at the end of each run (``apply``).

@@ -25,8 +25,8 @@ from pgdbm import AsyncDatabaseManager, DatabaseConfig, TransactionManager
 from pgdbm.errors import ConnectionError as PgdbmConnectionError
 from pgdbm.errors import PoolError, QueryError
 
-from services.errors import Unavailable
-from services.roles import ident
+from infra.errors import Unavailable
+from infra.roles import ident
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -171,7 +171,7 @@ class Database:
         superuser: Literal["allow", "warn", "refuse"] = "allow",
     ):
         """``switch_roles``: schema -> the role its manager acts as (a worker's login, see
-        services/roles.py). ``superuser``: what to do when the login turns out to be one."""
+        infra/roles.py). ``superuser``: what to do when the login turns out to be one."""
         self.dsn = dsn
         self.schemas = schemas
         self.min_size = min_size

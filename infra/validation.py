@@ -101,5 +101,5 @@ class PageQuerySchema(Schema):
     """``?limit=`` (1..100, default 20) and ``?cursor=`` of every list endpoint."""
 
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    # Opaque, but always what services/pagination.py writes: unpadded base64url of about 92 characters.
+    # Opaque, but always what infra/pagination.py writes: unpadded base64url of about 92 characters.
     cursor = Line(load_default=None, validate=[validate.Length(max=200), Pattern(r"[A-Za-z0-9_-]*={0,2}", error="Not a valid cursor.")])

@@ -3,7 +3,7 @@
 Each server is a real, long-lived process under a data folder that survives
 restarts; ``Embedded.stop()`` stops it by pid. A server left running in the same
 folder by a crashed run is reused (PostgreSQL) or restarted (Redis).
-``python -m app.embedded stop DIR...`` stops whatever still runs in those folders.
+``python -m devtools.embedded stop DIR...`` stops whatever still runs in those folders.
 """
 from __future__ import annotations
 
@@ -280,7 +280,7 @@ def start_postgres(data_dir: Path, *, database: str = "oms", timeout: float = 60
     # where a Ctrl-C in the terminal kills them half-way: a helper in a session of
     # its own runs them, and we only wait for its answer.
     helper = subprocess.Popen(
-        [sys.executable, "-m", "app.embedded", "_start-postgres", str(pgdata), database, str(timeout)],
+        [sys.executable, "-m", "devtools.embedded", "_start-postgres", str(pgdata), database, str(timeout)],
         cwd=str(_ROOT),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -390,7 +390,7 @@ def _redis_socket(data_dir: Path) -> Path:
 
 def _redis_config(data_dir: Path, sock: Path, *, persistent: bool) -> str:
     lines = [
-        "# written by app/embedded.py on every start",
+        "# written by devtools/embedded.py on every start",
         "daemonize no",
         "port 0",  # no TCP listener at all
         f'unixsocket "{sock}"',
@@ -526,7 +526,7 @@ def stop_redis_in(data_dir: Path, timeout: float = 30.0) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m app.embedded stop DIR...``: stop servers still running in those folders."""
+    """``python -m devtools.embedded stop DIR...``: stop servers still running in those folders."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_start-postgres"] and len(argv) == 4:
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
@@ -538,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(json.dumps(started) + "\n")
         return 0
     if len(argv) < 2 or argv[0] != "stop":
-        sys.stderr.write("usage: python -m app.embedded stop DIR...\n")
+        sys.stderr.write("usage: python -m devtools.embedded stop DIR...\n")
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for folder in argv[1:]:
