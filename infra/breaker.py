@@ -123,6 +123,7 @@ class ConcurrentBreaker(pybreaker.CircuitBreaker):
             state = self.state
         if state.name != pybreaker.STATE_CLOSED:
             return super().call(func, *args, **kwargs)
+        # Closed-state calls outside the lock: read @32 ~200 -> ~365 req/s (README); guard: tests/test_library_guards.py
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:

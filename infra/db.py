@@ -240,6 +240,7 @@ class Database:
         # SET, LISTEN, cursors or unreleased advisory locks; a worker's SET LOCAL ROLE ends
         # with its transaction; open transactions are still rolled back by asyncpg), so we
         # skip it. pgdbm does not pass asyncpg's ``reset=`` argument through, hence the attribute.
+        # A commit fewer per release: part of 30.6 -> ~12 commits/fulfilled order; guard: tests/test_library_guards.py
         if hasattr(pool, "_reset"):
             pool._reset = _keep_session
         try:
