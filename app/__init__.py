@@ -1,4 +1,8 @@
-"""Flask side: the app factory. ``create_app(service)`` is the only way to build an app."""
+"""Flask side: the app factory. ``create_app(service)`` is the only way to build an app.
+
+Building an app connects to nothing and configures no process-wide state: the process
+is set up by ``infra.runtime.boot`` in gunicorn's worker hook (config/gunicorn.conf.py).
+"""
 from __future__ import annotations
 
 from flask import Flask
@@ -13,14 +17,8 @@ def create_app(service: str, settings: Settings | None = None) -> Flask:
         raise ValueError(f"unknown service {service!r}; one of {sorted(DEFAULT_PORTS)}")
     settings = settings or settings_or_exit()
 
-    from config import logging as logging_config
-
-    logging_config.configure(service=service, level=settings.log_level, fmt=settings.log_format)
-    from config import tracing
-
-    tracing.configure(service)
-
     from app import errors, guard, ops
+    from config import tracing
     from app.blueprint import Api
     from services.users.sessions import store as sessions
 
@@ -55,12 +53,6 @@ def create_app(service: str, settings: Settings | None = None) -> Flask:
         proxy.init_app(app, settings, ready_checks)
     for blueprint in _blueprints(service):
         api.register_blueprint(blueprint)
-    if service in ("users", "orders", "inventory"):
-        from infra import runtime
-        from workers.relay import publish
-
-        runtime.set_publisher(publish)  # committed outbox events go to Celery right away
-    tracing.instrument_celery()  # trace context into the tasks this process publishes
     return app
 
 

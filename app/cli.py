@@ -12,19 +12,20 @@ import sys
 logger = logging.getLogger("app.cli")
 
 
-def _setup(name: str):
-    from config import logging as logging_config
+def _setup(name: str, *, connect: bool = True):
+    """The one set-up of a CLI process (``infra.runtime.boot``), as the worker role."""
     from config.settings import settings_or_exit
+    from infra import runtime
 
     settings = settings_or_exit()
-    logging_config.configure(service=name, level=settings.log_level, fmt=settings.log_format)
+    runtime.boot(name, settings=settings, connect=connect)
     return settings
 
 
 def cmd_migrate(args) -> int:
     from infra import migrations
 
-    settings = _setup("migrate")
+    settings = _setup("migrate", connect=False)
     # As the owner DATABASE_URL names; every other command logs in as the worker role.
     applied = migrations.migrate(settings)
     for schema, files in applied.items():
@@ -43,14 +44,13 @@ def cmd_create_admin(args) -> int:
     if len(args.password) < 8:
         logger.error("the admin password must be at least 8 characters")
         return 2
-    runtime.start(settings, name="create-admin")
     try:
         user = service.create_admin(email=args.email, password=args.password)
     except DomainError as exc:
         logger.error("could not create the admin: %s", exc.detail)
         return 1
     finally:
-        runtime.stop()
+        runtime.shutdown()
     # The id, never the email: logs carry no personal data.
     logger.info("admin ready", extra={"user_id": str(user["id"])})
     return 0
@@ -62,8 +62,8 @@ def cmd_dead_letters(args) -> int:
 
     from infra import dead_letters, runtime
 
-    settings = _setup("dead-letters")
-    rt = runtime.start(settings, name="dead-letters")
+    _setup("dead-letters")
+    rt = runtime.get()
     db = rt.db.manager(dead_letters.SCHEMA)
     try:
         if args.action == "list":
@@ -88,19 +88,18 @@ def cmd_dead_letters(args) -> int:
         logger.info("redriven", extra={"count": len(done), "ids": [str(i) for i in done]})
         return 0 if done or args.all else 1
     finally:
-        runtime.stop()
+        runtime.shutdown()
 
 
 def cmd_seed(args) -> int:
     from infra import runtime
     from services.inventory import demo
 
-    settings = _setup("seed")
-    runtime.start(settings, name="seed")
+    _setup("seed")
     try:
         created = demo.seed_catalog()
     finally:
-        runtime.stop()
+        runtime.shutdown()
     logger.info("demo catalog ready", extra={"products_created": created})
     return 0
 

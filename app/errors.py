@@ -13,7 +13,19 @@ from flask import Flask, Response, json, request
 from marshmallow import INCLUDE, Schema, fields, validate
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from infra.errors import DomainError, Unavailable
+from infra import errors as domain
+
+# The HTTP status of each kind of domain error; the most specific kind wins.
+STATUS = {
+    domain.NotFound: 404,
+    domain.Conflict: 409,
+    domain.ValidationFailed: 422,
+    domain.Unauthorized: 401,
+    domain.Forbidden: 403,
+    domain.Throttled: 429,
+    domain.Unavailable: 503,
+    domain.DomainError: 400,
+}
 
 logger = logging.getLogger(__name__)
 
@@ -146,12 +158,16 @@ def handle_http_exception(error: HTTPException) -> Response:
     return problem(status, detail, errors=errors, headers=headers)
 
 
-def handle_domain_error(error: DomainError) -> Response:
+def status_of(error: domain.DomainError) -> int:
+    return next(STATUS[kind] for kind in type(error).__mro__ if kind in STATUS)
+
+
+def handle_domain_error(error: domain.DomainError) -> Response:
     headers = {}
-    if isinstance(error, Unavailable):
+    if isinstance(error, domain.Unavailable):
         headers["Retry-After"] = str(error.retry_after)
     return problem(
-        error.status,
+        status_of(error),
         error.detail,
         title=error.title,
         type_=f"/problems/{error.slug}",
@@ -171,7 +187,7 @@ def _malformed_body(error: BaseException) -> bool:
 
 def handle_unexpected(error: BaseException) -> Response:
     original = getattr(error, "original_exception", None) or error
-    if isinstance(original, DomainError):
+    if isinstance(original, domain.DomainError):
         return handle_domain_error(original)
     if _malformed_body(original):
         return problem(400, "the request body is not valid HTTP/1.1 framing", headers={"Connection": "close"})
@@ -182,7 +198,7 @@ def handle_unexpected(error: BaseException) -> Response:
 
 
 def register(app: Flask) -> None:
-    app.register_error_handler(DomainError, handle_domain_error)
+    app.register_error_handler(domain.DomainError, handle_domain_error)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(InternalServerError, handle_unexpected)
     app.register_error_handler(Exception, handle_unexpected)

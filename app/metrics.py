@@ -1,8 +1,8 @@
 """Prometheus metrics of an HTTP process (multiprocess mode under gunicorn).
 
 Request counts and latency are recorded per process and summed at scrape time;
-pool gauges are per process (labelled by pid); domain figures (outbox lag, orders
-by status, notifications, dead letters) are read from the database when scraped.
+pool gauges are per process (labelled by pid); the domain's figures (its wiring.py),
+its outbox lag and, on the gateway, dead letters are read from the database when scraped.
 """
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from infra import runtime
+from infra import dead_letters, messaging, runtime
 from infra.errors import Unavailable
+from infra.wiring import Figure
+from services import wiring
 
 logger = logging.getLogger(__name__)
 
@@ -53,31 +55,43 @@ def observe_pool(service: str) -> None:
     BRIDGE_INFLIGHT.labels(service).set(rt.db.inflight)
 
 
-# -- domain figures, read at scrape time ------------------------------------------------
-_QUERIES = {
-    "users": [("outbox",)],
-    "orders": [("outbox",), ("orders",)],
-    "inventory": [("outbox",), ("reservations",)],
-    "notifications": [("notifications",)],
-    "gateway": [("dead_letters",)],
-}
+# -- figures read from the database at scrape time ---------------------------------------
+def _figures(service: str) -> list[tuple[str, object]]:
+    """(schema, reader) pairs: the domain's own figures, its outbox, and dead letters (gateway)."""
+    if service == "gateway":
+        return [("public", _dead_letters)]
+    found = []
+    for domain in wiring():
+        if domain.name == service:
+            found += [(domain.name, _outbox)] if domain.outbox else []
+            found += [(domain.name, figure) for figure in domain.figures]
+    return found
 
 
-async def _domain_figures(db, kind: str) -> list:
-    if kind == "outbox":
-        return [await db.fetch_one(
-            "SELECT count(*) AS pending, coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age "
-            "FROM {{tables.outbox}} WHERE published_at IS NULL")]
-    if kind == "orders":
-        return await db.fetch_all(
-            "SELECT status, coalesce(reason, '') AS reason, count(*) AS n FROM {{tables.orders}} GROUP BY 1, 2")
-    if kind == "reservations":
-        return await db.fetch_all("SELECT status, count(*) AS n FROM {{tables.reservations}} GROUP BY 1")
-    if kind == "notifications":
-        return await db.fetch_all(
-            "SELECT channel, status, count(*) AS n FROM {{tables.notifications}} GROUP BY 1, 2")
-    return [await db.fetch_one(
-        "SELECT count(*) FILTER (WHERE redriven_at IS NULL) AS open, count(*) AS total FROM {{tables.dead_letters}}")]
+async def _outbox(db) -> list:
+    row = await messaging.backlog(db)
+    lag = GaugeMetricFamily("outbox_lag_seconds", "Age of the oldest unpublished event", labels=["schema"])
+    pending = GaugeMetricFamily("outbox_unpublished_events", "Unpublished events", labels=["schema"])
+    lag.add_metric([db.schema], row["age"])
+    pending.add_metric([db.schema], row["pending"])
+    return [lag, pending]
+
+
+async def _dead_letters(db) -> list:
+    row = await dead_letters.counts(db)
+    family = GaugeMetricFamily("dead_letters", "Dead letters", labels=["state"])
+    family.add_metric(["open"], row["open"])
+    family.add_metric(["all"], row["total"])
+    return [family]
+
+
+async def _read(db, reader) -> list:
+    if not isinstance(reader, Figure):
+        return await reader(db)
+    family = GaugeMetricFamily(reader.name, reader.help, labels=list(reader.labels))
+    for row in await reader.read(db):
+        family.add_metric([row[label] for label in reader.labels], row["n"])
+    return [family]
 
 
 class DomainCollector:
@@ -85,48 +99,15 @@ class DomainCollector:
         self.service = service
 
     def collect(self):
-        schema = "public" if self.service == "gateway" else self.service
-        for (kind,) in _QUERIES.get(self.service, []):
+        for schema, reader in _figures(self.service):
+            name = getattr(reader, "name", None) or reader.__name__.lstrip("_")
             try:
                 db = runtime.db()
-                rows = db.run(_domain_figures, db.manager(schema), kind, timeout=1.0)
+                yield from db.run(_read, db.manager(schema), reader, timeout=1.0)
             except Unavailable:
-                logger.warning("metrics: database unavailable for %s", kind)
-                continue
+                logger.warning("metrics: database unavailable for %s", name)
             except Exception:  # a scrape must not fail because one figure could not be read
-                logger.error("metrics: could not read %s", kind, exc_info=True)
-                continue
-            yield from self._families(kind, schema, rows)
-
-    def _families(self, kind, schema, rows):
-        if kind == "outbox":
-            lag = GaugeMetricFamily("outbox_lag_seconds", "Age of the oldest unpublished event", labels=["schema"])
-            lag.add_metric([schema], rows[0]["age"])
-            pending = GaugeMetricFamily("outbox_unpublished_events", "Unpublished events", labels=["schema"])
-            pending.add_metric([schema], rows[0]["pending"])
-            yield from (lag, pending)
-        elif kind == "orders":
-            family = GaugeMetricFamily("orders", "Orders by status and reason (reason expired: reservations "
-                                       "that expired)", labels=["status", "reason"])
-            for row in rows:
-                family.add_metric([row["status"], row["reason"]], row["n"])
-            yield family
-        elif kind == "reservations":
-            family = GaugeMetricFamily("reservations", "Reservations by status", labels=["status"])
-            for row in rows:
-                family.add_metric([row["status"]], row["n"])
-            yield family
-        elif kind == "notifications":
-            family = GaugeMetricFamily("notifications", "Notifications by channel and status",
-                                       labels=["channel", "status"])
-            for row in rows:
-                family.add_metric([row["channel"], row["status"]], row["n"])
-            yield family
-        else:
-            family = GaugeMetricFamily("dead_letters", "Dead letters", labels=["state"])
-            family.add_metric(["open"], rows[0]["open"])
-            family.add_metric(["all"], rows[0]["total"])
-            yield family
+                logger.error("metrics: could not read %s", name, exc_info=True)
 
 
 def render(service: str) -> tuple[bytes, str]:

@@ -56,16 +56,17 @@ def stop() -> None:
 
 
 def deregister_now(*, dsn: str, service: str, url: str) -> None:
-    """Delete this instance's row with a one-off connection (the master has no pool)."""
+    """Delete this instance's row over a one-off connection (the master has no pool)."""
     import anyio
     import asyncpg
+    from pgdbm import AsyncDatabaseManager, DatabaseConfig, TransactionManager
 
     async def delete():
         conn = await asyncpg.connect(dsn, timeout=3)
         try:
-            await conn.execute(
-                "DELETE FROM public.service_registry WHERE service = $1 AND instance_id = $2", service, url
-            )
+            # The manager only spells {{tables.*}}; the statement runs on this connection.
+            names = AsyncDatabaseManager(DatabaseConfig(connection_string=dsn, schema=registry.SCHEMA))
+            await registry.deregister(TransactionManager(conn, names), service=service, instance_id=url)
         finally:
             await conn.close()
 

@@ -1,8 +1,6 @@
 """Celery settings (the worker and beat read them through ``workers.celery_app``)."""
 from __future__ import annotations
 
-import os
-
 from config.settings import Settings
 
 
@@ -29,12 +27,11 @@ def _rabbitmq(config: dict) -> dict:
 
 
 def celery_config(settings: Settings) -> dict:
-    url = os.environ.get("CELERY_BROKER_URL") or broker_url(settings.redis_url)
-    # How long a message a worker took stays invisible before Redis hands it to another:
-    # the bound on how long a SIGKILLed worker's messages wait. It must exceed the longest
-    # task (the hard time limit) and the longest countdown (retry backoff cap, fulfilment
-    # delay); a message redelivered early is only a duplicate, which the inbox absorbs.
-    visibility_timeout = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "300"))
+    url = settings.celery_broker_url or broker_url(settings.redis_url)
+    # The visibility timeout must exceed the longest task (the hard time limit) and the
+    # longest countdown (retry backoff cap, fulfilment delay); a message redelivered early
+    # is only a duplicate, which the inbox absorbs.
+    visibility_timeout = settings.celery_visibility_timeout
     config = {
         "broker_url": url,
         "result_backend": None,  # PostgreSQL is the source of truth, not task results
@@ -47,11 +44,11 @@ def celery_config(settings: Settings) -> dict:
         # its worker died; consumers are idempotent (inbox) so that is safe.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": int(os.environ.get("CELERY_PREFETCH_MULTIPLIER", "1")),
+        "worker_prefetch_multiplier": settings.celery_prefetch_multiplier,
         # Hard limit well below the visibility timeout, so Redis never redelivers a
         # task that is still running.
-        "task_soft_time_limit": int(os.environ.get("CELERY_TASK_SOFT_TIME_LIMIT", "60")),
-        "task_time_limit": int(os.environ.get("CELERY_TASK_TIME_LIMIT", "90")),
+        "task_soft_time_limit": settings.celery_task_soft_time_limit,
+        "task_time_limit": settings.celery_task_time_limit,
         "broker_transport_options": {
             "visibility_timeout": visibility_timeout,
             # Look for such messages every 10 s rather than every 100 s (kombu's default).

@@ -46,19 +46,18 @@ def _advertised_url(settings) -> str:
 def post_worker_init(worker):
     from app import registry
     from infra import runtime
-    from infra.errors import Unavailable
+    from services import wiring
 
     app = worker.app.wsgi()
-    settings = app.extensions["settings"]
-    try:
-        # It logs in to PostgreSQL as the role of what it serves (infra/roles.py).
-        runtime.start(settings, name=os.environ.get("SERVICE_NAME", "http"), role=app.extensions["service"])
-    except Unavailable:
-        # Serve anyway: /health stays up, and requests retry the pool (503 until it opens).
-        worker.log.warning("database unavailable at start; the pool will be opened on demand")
+    settings, service = app.extensions["settings"], app.extensions["service"]
+    # A service whose domain has an outbox hands committed events to Celery at once.
+    publisher = None
+    if any(domain.name == service and domain.outbox for domain in wiring()):
+        from workers.relay import publish as publisher
+    # It logs in to PostgreSQL as the role of what it serves (infra/roles.py).
+    runtime.boot(settings.service_name or service, settings=settings, role=service, publisher=publisher)
     if settings.registry_enabled:
-        registry.start(service=app.extensions["service"], url=_advertised_url(settings),
-                       interval=settings.registry_heartbeat_seconds)
+        registry.start(service=service, url=_advertised_url(settings), interval=settings.registry_heartbeat_seconds)
 
 
 def worker_exit(server, worker):
@@ -66,7 +65,7 @@ def worker_exit(server, worker):
     from infra import runtime
 
     registry.stop()
-    runtime.stop()
+    runtime.shutdown()
 
 
 def on_exit(server):

@@ -159,6 +159,19 @@ class Settings:
     ops_allowed_networks: tuple = _networks({}, "", OPS_DEFAULT_NETWORKS)
     ops_trusted_proxies: tuple = ()
     ready_cache_seconds: float = 1.0
+    # What this process is called in logs, traces and application_name (SERVICE_NAME).
+    service_name: str | None = None
+    # Celery (config/celery.py): the broker (default: REDIS_URL), and how long a message a
+    # worker took stays invisible before Redis hands it to another (the bound on how long a
+    # SIGKILLed worker's messages wait).
+    celery_broker_url: str | None = None
+    celery_visibility_timeout: int = 300
+    celery_prefetch_multiplier: int = 1
+    celery_task_soft_time_limit: int = 60
+    celery_task_time_limit: int = 90
+    # The file a worker touches while its consumer runs (workers/liveness.py).
+    worker_liveness_file: str | None = None
+    worker_liveness_interval: float = 5.0
 
     @property
     def production(self) -> bool:
@@ -280,6 +293,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ops_allowed_networks=_networks(env, "OPS_ALLOWED_NETWORKS", OPS_DEFAULT_NETWORKS),
         ops_trusted_proxies=_networks(env, "OPS_TRUSTED_PROXIES", ""),
         ready_cache_seconds=_float(env, "READY_CACHE_SECONDS", 1.0),
+        service_name=env.get("SERVICE_NAME") or None,
+        celery_broker_url=env.get("CELERY_BROKER_URL") or None,
+        celery_visibility_timeout=_at_least_one(env, "CELERY_VISIBILITY_TIMEOUT", 300),
+        celery_prefetch_multiplier=_at_least_one(env, "CELERY_PREFETCH_MULTIPLIER", 1),
+        celery_task_soft_time_limit=_at_least_one(env, "CELERY_TASK_SOFT_TIME_LIMIT", 60),
+        celery_task_time_limit=_at_least_one(env, "CELERY_TASK_TIME_LIMIT", 90),
+        worker_liveness_file=env.get("WORKER_LIVENESS_FILE") or None,
+        worker_liveness_interval=_float(env, "WORKER_LIVENESS_INTERVAL", 5.0),
     )
 
 

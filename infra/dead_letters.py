@@ -30,6 +30,12 @@ async def count_open(db) -> int:
     return await db.fetch_value("SELECT count(*) FROM {{tables.dead_letters}} WHERE redriven_at IS NULL")
 
 
+async def counts(db) -> dict:
+    """Open dead letters and all of them (metrics figures)."""
+    return await db.fetch_one(
+        "SELECT count(*) FILTER (WHERE redriven_at IS NULL) AS open, count(*) AS total FROM {{tables.dead_letters}}")
+
+
 async def redrive(db, *, ids: list[uuid.UUID] | None, send) -> list[uuid.UUID]:
     """Send the chosen (or all open) dead letters again and mark them redriven, in one transaction."""
     async with db.transaction() as tx:

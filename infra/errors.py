@@ -1,11 +1,11 @@
-"""The one exception tree of the domain layer; app/errors.py maps it to problem+json."""
+"""The one exception tree of the domain layer. It knows nothing of HTTP: app/errors.py
+maps each kind to a status and answers it as problem+json; ``slug`` names the problem type."""
 from __future__ import annotations
 
 
 class DomainError(Exception):
     """Base of every error the domain layer raises on purpose."""
 
-    status = 400
     slug = "domain-error"
     title = "Bad request"
 
@@ -16,11 +16,11 @@ class DomainError(Exception):
 
 
 class NotFound(DomainError):
-    status, slug, title = 404, "not-found", "Not found"
+    slug, title = "not-found", "Not found"
 
 
 class Conflict(DomainError):
-    status, slug, title = 409, "conflict", "Conflict"
+    slug, title = "conflict", "Conflict"
 
 
 class InvalidState(Conflict):
@@ -28,22 +28,28 @@ class InvalidState(Conflict):
 
 
 class ValidationFailed(DomainError):
-    status, slug, title = 422, "validation-error", "Validation failed"
+    slug, title = "validation-error", "Validation failed"
 
 
 class Unauthorized(DomainError):
-    status, slug, title = 401, "unauthorized", "Unauthorized"
+    slug, title = "unauthorized", "Unauthorized"
 
 
 class Forbidden(DomainError):
-    status, slug, title = 403, "forbidden", "Forbidden"
+    slug, title = "forbidden", "Forbidden"
 
 
 class Unavailable(DomainError):
     """A dependency (database, Redis, an upstream) could not answer in time."""
 
-    status, slug, title = 503, "unavailable", "Service unavailable"
+    slug, title = "unavailable", "Service unavailable"
 
     def __init__(self, detail: str = "a dependency is unavailable, retry later", *, retry_after: int = 1):
         super().__init__(detail)
         self.retry_after = retry_after
+
+
+class Throttled(Unavailable):
+    """This caller must wait ``retry_after`` seconds (too many attempts), while others may go on."""
+
+    slug, title = "throttled", "Too many requests"

@@ -107,3 +107,10 @@ async def first_delivery(tx, *, event_id: str, consumer: str) -> bool:
     )
     return bool(inserted)
 
+
+
+async def backlog(db) -> dict:
+    """Unpublished events and the age of the oldest, in seconds (metrics figures)."""
+    return await db.fetch_one(
+        "SELECT count(*) AS pending, coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age "
+        "FROM {{tables.outbox}} WHERE published_at IS NULL")

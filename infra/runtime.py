@@ -1,10 +1,12 @@
-"""The one wiring point of a process: settings, the database bridge and Redis.
+"""The one wiring point of a process: settings, logging, tracing, the database bridge,
+Redis and the publisher of committed events.
 
-Gunicorn's ``post_worker_init`` and Celery's ``worker_process_init`` call
-``start()``; ``get()`` starts it lazily otherwise (CLI, tests). A PID check makes a
-forked child build its own instead of touching its parent's loop and pool.
-``stop()`` runs only once the process has stopped serving (gunicorn
-``worker_exit``, Celery ``worker_process_shutdown``).
+``boot()`` sets a process up and is called from one place per kind of process:
+gunicorn's ``post_worker_init`` (config/gunicorn.conf.py), Celery's
+``worker_process_init`` (workers/celery_app.py) and the CLI (app/cli.py). ``get()``
+starts the runtime lazily otherwise (tests). A PID check makes a forked child build its
+own instead of touching its parent's loop and pool. ``shutdown()`` runs only once the
+process has stopped serving (gunicorn ``worker_exit``, Celery ``worker_process_shutdown``).
 
 ``role`` is what the process logs in to PostgreSQL as (infra/roles.py): an HTTP
 service as its domain (or the gateway), migrate as the owner, and anything else - Celery
@@ -23,6 +25,7 @@ import redis
 from config.settings import SCHEMAS, Settings, load_settings
 from infra import roles
 from infra.db import Database
+from infra.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ def start(settings: Settings | None = None, *, name: str | None = None, role: st
         inherited = _runtime
         known = (inherited.settings, inherited.name, inherited.role) if inherited else _intent
         settings = settings or (known[0] if known else load_settings())
-        name = name or (known[1] if known else os.environ.get("SERVICE_NAME", "cli"))
+        name = name or (known[1] if known else settings.service_name or "cli")
         role = role or (known[2] if known else roles.WORKER)
         _intent = (settings, name, role)
         runtime = build(settings, name=name, role=role)
@@ -134,3 +137,42 @@ def stop() -> None:
 def db():
     """The process's database bridge."""
     return get().db
+
+
+def boot(name: str, *, settings: Settings | None = None, role: str = roles.WORKER,
+         publisher: Callable[[str, list[dict]], None] | None = None, connect: bool = True) -> Runtime | None:
+    """Set this process up: logging, tracing, the publisher, then the loop and the pool.
+
+    ``name`` names the process in logs, traces and ``application_name``; ``role`` is what
+    it logs in to PostgreSQL as. With ``connect=False`` (a process that serves nothing:
+    Celery's main process, beat) the pool is not opened. A database that is down at start
+    is not fatal: the pool is opened on first use, and until then calls answer
+    ``Unavailable``.
+    """
+    from config import logging as logging_config
+    from config import tracing
+    from config.settings import settings_or_exit
+
+    settings = settings or settings_or_exit()
+    logging_config.configure(service=name, level=settings.log_level, fmt=settings.log_format)
+    tracing.configure(name)
+    tracing.instrument_celery()  # trace context into the tasks this process publishes or runs
+    if publisher is not None:
+        set_publisher(publisher)
+    if not connect:
+        return None
+    try:
+        return start(settings, name=name, role=role)
+    except Unavailable:
+        logger.warning("database unavailable at start; the pool will be opened on demand")
+        return None
+
+
+def shutdown(*closers: Callable[[], None]) -> None:
+    """Close what the process kept open (``closers`` first, then the pool and Redis)."""
+    for close in closers:
+        try:
+            close()
+        except Exception:  # one thing failing to close must not keep the rest open
+            logger.warning("closing failed at shutdown", exc_info=True)
+    stop()

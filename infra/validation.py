@@ -8,8 +8,6 @@ the whole value, not a prefix.
 """
 from __future__ import annotations
 
-import re
-
 from marshmallow import Schema, ValidationError, fields, validate
 
 # Line breaks besides CR and LF: what str.splitlines() splits on (VT, FF, FS, GS, RS,

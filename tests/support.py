@@ -4,8 +4,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from contextlib import ExitStack, contextmanager
 
+import asyncpg
 import urllib3
+from anyio.from_thread import start_blocking_portal
 
 
 class Api:
@@ -119,3 +122,30 @@ def assert_conserved(rt, product_ids: list[str], timeout: float = 30.0) -> None:
     for pid, s in ledger.items():
         assert s["reserved"] == 0, (pid, s)
         assert s["stocked"] == s["on_hand"] + s["fulfilled"], (pid, s)
+
+
+@contextmanager
+def product_locked(database_url: str, product_id):
+    """The product's row lock, held until the block ends on a connection of the test's own
+    (as the owner): a reservation of the product waits at its ``FOR UPDATE``, inside its
+    transaction, for as long as the test likes. Yields ``waiting(blocker=None)``: the
+    ``(pid, application_name)`` of backends waiting for a lock held by backend ``blocker``
+    (by default the holder).
+    """
+    with start_blocking_portal() as portal, ExitStack() as closing:
+        holder = portal.call(asyncpg.connect, database_url)
+        closing.callback(portal.call, holder.close)  # the lock goes with its transaction
+        # pg_stat_activity is read once per transaction: the holder's own view would stand still.
+        watcher = portal.call(asyncpg.connect, database_url)
+        closing.callback(portal.call, watcher.close)
+        portal.call(holder.execute, "BEGIN")
+        portal.call(holder.execute, "SELECT FROM inventory.products WHERE id = $1 FOR UPDATE",
+                    uuid.UUID(str(product_id)))
+
+        def waiting(blocker: int | None = None) -> list[tuple[int, str]]:
+            rows = portal.call(watcher.fetch, "SELECT pid, application_name FROM pg_stat_activity "
+                               "WHERE wait_event_type = 'Lock' AND $1 = ANY(pg_blocking_pids(pid))",
+                               blocker or holder.get_server_pid())
+            return [(r["pid"], r["application_name"]) for r in rows]
+
+        yield waiting

@@ -204,7 +204,7 @@ def variable_is_read(name: str, svc: dict) -> bool:
 
 
 # -- metric names --------------------------------------------------------------------------
-_METRIC_CALLS = {"Counter", "PrometheusCounter", "Gauge", "Histogram", "Summary", "Info", "Enum",
+_METRIC_CALLS = {"Counter", "PrometheusCounter", "Gauge", "Histogram", "Summary", "Info", "Enum", "Figure",
                  "GaugeMetricFamily", "CounterMetricFamily", "HistogramMetricFamily", "SummaryMetricFamily"}
 
 

@@ -1,6 +1,6 @@
 """Worker liveness without the broker: the worker touches a file while its consumer runs.
 
-Enabled by WORKER_LIVENESS_FILE. Probe (compose healthcheck, Kubernetes exec probe):
+Enabled by WORKER_LIVENESS_FILE (Settings). Probe (compose healthcheck, Kubernetes exec probe):
 ``python -m workers.liveness /tmp/worker-alive --max-age 30``; exit 0 while fresh.
 Unlike ``celery inspect ping`` it does not mark every worker dead while Redis is down.
 """
@@ -14,14 +14,17 @@ from pathlib import Path
 
 from celery import bootsteps
 
+from config.settings import load_settings
+
 
 class LivenessFile(bootsteps.StartStopStep):
     requires = {"celery.worker.components:Timer"}
 
     def __init__(self, worker, **kwargs):
         super().__init__(worker, **kwargs)
-        self.path = os.environ.get("WORKER_LIVENESS_FILE")
-        self.interval = float(os.environ.get("WORKER_LIVENESS_INTERVAL", "5"))
+        settings = load_settings()
+        self.path = settings.worker_liveness_file
+        self.interval = settings.worker_liveness_interval
         self.tref = None
 
     def start(self, worker):

@@ -1,4 +1,4 @@
-"""The outbox relay: which tasks each event becomes, and publishing them.
+"""The outbox relay: publishing each event to the tasks that consume it.
 
 ``publish`` runs right after a business transaction commits (in the web or worker
 process that committed it) and marks the rows published; whatever it could not
@@ -10,43 +10,22 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from opentelemetry import context, propagate
 
 from infra import messaging, runtime
+from infra.wiring import routes
+from services import wiring
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Route:
-    task: str
-    queue: str
-    # Scheduled FULFILMENT_DELAY_SECONDS later (a countdown, never a sleep); with no
-    # delay the order was fulfilled in the reservation's transaction and this route is off.
-    delayed: bool = False
-
-
-# Every consumer of every event. An event with no route is marked published as is.
-NOTIFY = Route("notifications.notify", "notifications")
-ROUTES: dict[str, tuple[Route, ...]] = {
-    "user.registered": (NOTIFY,),
-    "user.updated": (Route("notifications.remember_recipient", "notifications"),),
-    "order.placed": (Route("inventory.reserve", "inventory"),),
-    "inventory.reserved": (Route("orders.apply_reservation", "orders"),),
-    "inventory.rejected": (Route("orders.apply_reservation", "orders"),),
-    "order.reserved": (Route("orders.fulfil", "orders", delayed=True), NOTIFY),
-    "order.rejected": (NOTIFY,),
-    "order.fulfilled": (Route("inventory.commit", "inventory"), NOTIFY),
-    "order.cancelled": (Route("inventory.release", "inventory"), NOTIFY),
-    "inventory.committed": (Route("orders.settle_stock", "orders"),),
-    "inventory.released": (Route("orders.settle_stock", "orders"),),
-}
-
-OUTBOX_SCHEMAS = ("users", "orders", "inventory")
+# Every consumer of every event, from the domains' declarations (services/*/wiring.py).
+# An event with no route is marked published as is.
+ROUTES = routes(wiring())
+OUTBOX_SCHEMAS = tuple(domain.name for domain in wiring() if domain.outbox)
 _PUBLISH_ERRORS = (KombuError, OSError, ConnectionError)
 
 

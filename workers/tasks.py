@@ -25,9 +25,7 @@ from kombu.exceptions import OperationalError
 
 from infra import dead_letters, runtime
 from infra.errors import Unavailable
-from services.inventory import service as inventory
-from services.notifications import service as notifications
-from services.orders import service as orders
+from services import wiring
 from workers import relay
 from workers.celery_app import app, settings
 
@@ -113,63 +111,24 @@ def periodic(name: str):
     return app.task(name=name, acks_late=False, ignore_result=True)
 
 
-# Events a task's transaction emits are published by the service right after commit.
-runtime.set_publisher(relay.publish)
+def _consumer(consumer) -> None:
+    @task(consumer.task, consumer.task.partition(".")[0])
+    def consume(event: dict, **carried) -> None:
+        consumer.handle(event=event, **carried)
 
 
-@task("inventory.reserve", "inventory")
-def reserve(event: dict) -> None:
-    inventory.reserve_order(event=event)
+def _periodic(job) -> None:
+    @periodic(job.task)
+    def run_periodic():
+        return job.run()
 
 
-@task("inventory.commit", "inventory")
-def commit(event: dict) -> None:
-    inventory.commit_order(event=event)
-
-
-@task("inventory.release", "inventory")
-def release(event: dict) -> None:
-    inventory.release_order(event=event)
-
-
-@task("orders.apply_reservation", "orders")
-def apply_reservation(event: dict) -> None:
-    orders.apply_reservation(event=event)
-
-
-@task("orders.fulfil", "orders")
-def fulfil(event: dict) -> None:
-    orders.fulfil_order(event=event)
-
-
-@task("orders.settle_stock", "orders")
-def settle_stock(event: dict) -> None:
-    orders.settle_stock(event=event)
-
-
-@task("notifications.notify", "notifications")
-def notify(event: dict, outcomes: list | None = None) -> None:
-    notifications.notify(event=event, outcomes=outcomes)
-
-
-@task("notifications.remember_recipient", "notifications")
-def remember_recipient(event: dict) -> None:
-    notifications.remember_recipient(event=event)
-
-
-@periodic("orders.expire_reservations")
-def expire_reservations() -> int:
-    return orders.expire_reservations()
-
-
-@periodic("orders.reconcile")
-def reconcile() -> int:
-    return orders.reannounce_stranded()
-
-
-@periodic("notifications.redeliver")
-def redeliver() -> int:
-    return notifications.redeliver_stale()
+# One task per consumer and per periodic job that the domains declare (their wiring.py).
+for _domain in wiring():
+    for _declared in _domain.consumers:
+        _consumer(_declared)
+    for _declared in _domain.periodic:
+        _periodic(_declared)
 
 
 @periodic("outbox.sweep")

@@ -2,11 +2,8 @@
 the schema's CHECKs are the last line against a negative ``available``."""
 from __future__ import annotations
 
-import os
 import uuid
 from datetime import datetime
-
-import anyio
 
 import asyncpg
 
@@ -97,22 +94,6 @@ async def adjust_stock(db, *, product_id: uuid.UUID, delta: int, reason: str, ac
 
 
 # -- reservations (run by workers, one transaction per event) ----------------------
-async def _test_hold(point: str) -> None:
-    """Fault-injection hook for the crash tests: hold here, rows locked, while a file exists.
-
-    Inert unless OMS_TEST_HOLD_DIR is set and ``<dir>/<point>`` exists.
-    """
-    folder = os.environ.get("OMS_TEST_HOLD_DIR")
-    if not folder or not os.path.exists(os.path.join(folder, point)):
-        return
-    with open(os.path.join(folder, f"{point}.pid"), "w") as marker:
-        marker.write(str(os.getpid()))
-    for _ in range(300):
-        if not os.path.exists(os.path.join(folder, point)):
-            return
-        await anyio.sleep(0.1)
-
-
 async def reserve(db, *, event_id: str, order_id: uuid.UUID, lines: list[dict], ttl_seconds: int) -> dict | None:
     """Hold every line of the order, or none of them. Returns the emitted event (None: nothing to do)."""
     async with db.transaction() as tx:
@@ -134,7 +115,6 @@ async def reserve(db, *, event_id: str, order_id: uuid.UUID, lines: list[dict], 
             "WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
             product_ids,
         )
-        await _test_hold("reserve")
         found = {r["id"]: r for r in rows}
         reason = None
         if len(found) != len(product_ids) or not all(r["active"] for r in rows):
@@ -277,3 +257,8 @@ async def release(db, *, event_id: str, order_id: uuid.UUID, reason: str) -> dic
             tx, event_type=events.RELEASED, aggregate_id=order_id,
             payload={"order_id": str(order_id), "reason": reason},
         )
+
+
+async def count_reservations(db) -> list[dict]:
+    """Reservations by status (a metrics figure)."""
+    return await db.fetch_all("SELECT status, count(*) AS n FROM {{tables.reservations}} GROUP BY 1")

@@ -107,3 +107,8 @@ async def list_for_user(db, *, user_id: uuid.UUID, limit: int, before) -> list[d
         "SELECT " + NOTIFICATION + " FROM {{tables.notifications}} WHERE user_id = $1" + tail, *args
     )
 
+
+
+async def count_by_channel(db) -> list[dict]:
+    """Notifications by channel and status (a metrics figure)."""
+    return await db.fetch_all("SELECT channel, status, count(*) AS n FROM {{tables.notifications}} GROUP BY 1, 2")

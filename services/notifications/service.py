@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
@@ -12,11 +14,18 @@ from services.notifications import repository, templates, transports
 from infra.errors import Unavailable
 from services.notifications.errors import DeliveryFailed, DeliveryPending, OutcomesUnrecorded
 
+if TYPE_CHECKING:
+    from config.settings import Settings
+
 logger = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 SCHEMA = "notifications"
 
-_transports: dict | None = None
+# The transports, built from the runtime's settings on first use and kept for the
+# process (an SMTP session is reused between mails), with the runtime and settings they
+# were built from: another runtime (a forked child's), or its settings replaced (a test
+# pointing them at its own servers), gets transports of its own.
+_kept: tuple[runtime.Runtime, Settings, dict[str, transports.Transport]] | None = None
 _lock = threading.Lock()
 
 
@@ -28,21 +37,34 @@ def _run(fn, **kwargs):
     return runtime.db().run(fn, _db(), **kwargs)
 
 
-def transports_() -> dict:
-    global _transports
+def _transports() -> dict[str, transports.Transport]:
+    global _kept
+    current = runtime.get()
     with _lock:
-        if _transports is None:
-            _transports = transports.from_settings(runtime.get().settings)
-        return _transports
+        if _kept is not None and _kept[0] is current and _kept[1] is current.settings:
+            return _kept[2]
+        stale, _kept = _kept, (current, current.settings, transports.from_settings(current.settings))
+        built = _kept[2]
+    _close(stale)
+    return built
 
 
-def use_transports(replacement: dict | None) -> None:
-    """Swap the transports (tests point them at their own servers); ``None`` closes them."""
-    global _transports
+def close_transports() -> None:
+    """Close the kept transports (the SMTP session says QUIT); the next send builds them again.
+
+    Called at process stop, once nothing is being sent; calling it again does nothing.
+    """
+    global _kept
     with _lock:
-        previous, _transports = _transports, replacement
-    for transport in (previous or {}).values():
-        if hasattr(transport, "close") and transport not in (replacement or {}).values():
+        kept, _kept = _kept, None
+    _close(kept)
+
+
+def _close(kept) -> None:
+    # Transports a forked child inherited share their sockets with the parent: a QUIT
+    # from the child would end the parent's session, so the child only lets go of them.
+    if kept is not None and kept[0].pid == os.getpid():
+        for transport in kept[2].values():
             transport.close()
 
 
@@ -111,7 +133,7 @@ def _deliver(pending: list[dict]) -> int:
     for notification in pending:
         try:
             with _tracer.start_as_current_span(f"notifications.send {notification['channel']}"):
-                transports_()[notification["channel"]].send(notification)
+                _transports()[notification["channel"]].send(notification)
             outcomes.append((notification["id"], "sent", None))
         except DeliveryFailed as exc:
             outcomes.append((notification["id"], "failed" if exc.permanent else "retry", str(exc)))

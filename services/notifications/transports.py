@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 class Transport(Protocol):
     def send(self, notification: dict) -> None: ...
 
+    def close(self) -> None:
+        """Let go of connections kept between sends; the next send opens new ones."""
+
 
 # Whatever could end a header line or smuggle one in: C0 and C1 controls (CR, LF, NEL
 # among them), DEL, Unicode line and paragraph separators, and lone surrogates.
@@ -239,6 +242,9 @@ class WebhookSmsTransport:
         if response.status >= 400:
             raise DeliveryFailed(f"SMS provider refused: {response.status}", permanent=True)
 
+    def close(self) -> None:
+        self.http.clear()
+
 
 class LogSmsTransport:
     """Development SMS: the message goes to the log."""
@@ -247,6 +253,9 @@ class LogSmsTransport:
         # Ids only: the number and the text are personal data.
         logger.info("sms not sent (no SMS_WEBHOOK_URL)", extra={"notification_id": str(notification["id"]),
                                                                "characters": len(notification["body_text"])})
+
+    def close(self) -> None:
+        pass
 
 
 def from_settings(settings) -> dict[str, Transport]:

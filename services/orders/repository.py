@@ -238,3 +238,9 @@ async def settle_stock(db, *, order_id: uuid.UUID) -> bool:
         "WHERE id = $1 AND stock_settled_at IS NULL AND status IN ('fulfilled', 'cancelled') RETURNING true",
         order_id,
     ))
+
+
+async def count_by_status(db) -> list[dict]:
+    """Orders by status and reason (a metrics figure)."""
+    return await db.fetch_all(
+        "SELECT status, coalesce(reason, '') AS reason, count(*) AS n FROM {{tables.orders}} GROUP BY 1, 2")

@@ -12,26 +12,10 @@ import uuid
 
 import jwt as pyjwt
 import pytest
-import urllib3
+
+from tests.support import Api
 
 PROBLEM = "application/problem+json"
-
-
-class Api:
-    def __init__(self, base: str):
-        self.base = base
-        self.http = urllib3.PoolManager()
-
-    def call(self, method, path, *, json_body=None, body=None, token=None, headers=None):
-        headers = dict(headers or {})
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        if json_body is not None:
-            body = json.dumps(json_body).encode()
-            headers.setdefault("Content-Type", "application/json")
-        r = self.http.request(method, self.base + path, body=body, headers=headers, retries=False)
-        data = json.loads(r.data) if r.data and "json" in r.headers.get("Content-Type", "") else None
-        return r.status, r.headers, data
 
 
 @pytest.fixture(params=["gateway", "users"])

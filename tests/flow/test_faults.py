@@ -13,7 +13,7 @@ import subprocess
 import time
 import uuid
 
-import pytest
+import psutil
 
 from tests.conftest import PYTHON, ROOT, Live, Worker, free_port
 from tests.support import (
@@ -21,6 +21,7 @@ from tests.support import (
     assert_conserved,
     create_product,
     place,
+    product_locked,
     stock_ledger,
     wait_for,
     wait_terminal,
@@ -99,19 +100,24 @@ def test_a_cancel_before_the_reservation_leaves_a_tombstone(rt, gateway, admin):
 
 
 def test_a_worker_killed_mid_reservation_completes_the_order_exactly_once(
-        rt, stack_env, live_users, gateway, admin, customer, own_broker, tmp_path):
+        rt, database_url, stack_env, live_users, gateway, admin, customer, own_broker):
     product = create_product(gateway, admin, stock=3)
     env = {**stack_env, "CELERY_BROKER_URL": own_broker}
     orders = Live("orders", env, WEB_CONCURRENCY="1")
-    (tmp_path / "reserve").touch()
-    worker = Worker(env, concurrency=1, OMS_TEST_HOLD_DIR=str(tmp_path), DB_TIMEOUT_SECONDS="40")
+    # A name of its own tells its backends from other workers'; its reservation may wait at
+    # the test's row lock longer than the default call deadline, lock and statement timeouts.
+    name = f"worker-{uuid.uuid4().hex[:6]}"
+    worker = Worker(env, concurrency=1, SERVICE_NAME=name, DB_TIMEOUT_SECONDS="40",
+                    DB_LOCK_TIMEOUT_MS="60000", DB_STATEMENT_TIMEOUT_MS="60000")
     try:
         api = Api(orders.url)
-        order = place(api, customer, [(product["id"], 2)])
-        pid_file = tmp_path / "reserve.pid"
-        wait_for(pid_file.exists, what="the reservation to be held")
-        os.kill(int(pid_file.read_text()), signal.SIGKILL)  # the pool process, inside the transaction
-        (tmp_path / "reserve").unlink()
+        with product_locked(database_url, product["id"]) as waiting:
+            order = place(api, customer, [(product["id"], 2)])
+            wait_for(lambda: [app for _, app in waiting()] == [f"oms-{name}"],
+                     what="the reservation to wait at its row lock")
+            [pool] = psutil.Process(worker.proc.pid).children()  # concurrency=1: the one pool process
+            os.kill(pool.pid, signal.SIGKILL)  # inside the reservation's transaction
+            pool.wait(10)
         done = wait_terminal(api, customer, order["id"], timeout=60)
         assert done["status"] == "fulfilled", worker.log()[-3000:]
         assert _history(done) == [("pending", None), ("reserved", None), ("fulfilled", None)]

@@ -7,6 +7,7 @@ a recipient stored as an older version could have stored it.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
@@ -145,12 +146,17 @@ def _rows(rt, event_id: str) -> list[dict]:
 
 @pytest.fixture
 def service(rt, sink):
+    """The notification service of this process, its mail going to this test's sink."""
     from services.notifications import service as notifications
-    from services.notifications.transports import LogSmsTransport
 
-    notifications.use_transports({"email": _transport(sink), "sms": LogSmsTransport()})
-    yield notifications
-    notifications.use_transports(None)
+    # The transports are built from the runtime's settings, on the next send.
+    previous, rt.settings = rt.settings, replace(rt.settings, smtp_host="127.0.0.1", smtp_port=sink.port,
+                                                 mail_from="OMS <no-reply@oms.local>", sms_webhook_url=None)
+    try:
+        yield notifications
+    finally:
+        rt.settings = previous
+        notifications.close_transports()
 
 
 def test_a_stored_name_with_a_line_break_is_sent_with_one_subject_and_no_reply_to(rt, sink, service):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -66,17 +68,25 @@ def _registered_event(email: str, phone: str | None = None) -> dict:
                         "updated_at": datetime.now(timezone.utc).isoformat()}}
 
 
+@contextmanager
+def _settings(rt, **changes):
+    """This process's runtime reads these settings meanwhile: the notification transports
+    are built from them on the next send (and closed after)."""
+    from services.notifications import service
+
+    previous, rt.settings = rt.settings, replace(rt.settings, **changes)
+    try:
+        yield
+    finally:
+        rt.settings = previous
+        service.close_transports()
+
+
 @pytest.fixture
 def transports(rt, mail_sink):
-    from services.notifications import service, transports as t
-
-    def use(sms=None):
-        service.use_transports({"email": t.SmtpTransport(host="127.0.0.1", port=mail_sink.port, sender="t@oms"),
-                                "sms": sms or t.LogSmsTransport()})
-
-    use()
-    yield use
-    service.use_transports(None)
+    """Mail of this process goes to the session's mail sink, SMS to the log."""
+    with _settings(rt, smtp_host="127.0.0.1", smtp_port=mail_sink.port, sms_webhook_url=None):
+        yield
 
 
 def _rows(rt, event_id):
@@ -114,24 +124,60 @@ def test_a_permanent_smtp_rejection_fails_at_once_with_the_reason(rt, transports
 
 
 def test_smtp_down_then_up_delivers_after_a_retry(rt, transports):
-    from services.notifications import service, transports as t
+    from services.notifications import service
     from services.notifications.errors import DeliveryPending
 
     port = free_port()
-    service.use_transports({"email": t.SmtpTransport(host="127.0.0.1", port=port, sender="t@oms"),
-                            "sms": t.LogSmsTransport()})
     email = f"later-{uuid.uuid4().hex[:8]}@example.com"
     event = _registered_event(email)
-    with pytest.raises(DeliveryPending):
-        service.notify(event=event)
-    sink = MailSink(port).start()
-    try:
-        service.notify(event=event)  # what the task's retry does
-        assert len(sink.to(email)) == 1
-    finally:
-        sink.stop()
+    with _settings(rt, smtp_port=port):
+        with pytest.raises(DeliveryPending):
+            service.notify(event=event)
+        sink = MailSink(port).start()
+        try:
+            service.notify(event=event)  # what the task's retry does
+            assert len(sink.to(email)) == 1
+        finally:
+            sink.stop()
     [row] = _rows(rt, event["id"])
     assert row["status"] == "sent" and row["attempts"] == 2 and row["outcomes"] == ["retry", "sent"]
+
+
+class _CountingSink(MailSink):
+    """A mail sink that counts the SMTP sessions opened (EHLO) and ended (QUIT)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sessions = self.quits = 0
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_QUIT(self, server, session, envelope):
+        self.quits += 1
+        return "221 Bye"
+
+
+def test_closing_the_transports_ends_the_smtp_session_and_the_next_mail_opens_another(rt, transports):
+    from services.notifications import service
+
+    sink = _CountingSink().start()
+    try:
+        with _settings(rt, smtp_port=sink.port):
+            first, second = (f"close-{n}-{uuid.uuid4().hex[:8]}@example.com" for n in (1, 2))
+            service.notify(event=_registered_event(first))
+            assert (len(sink.to(first)), sink.sessions, sink.quits) == (1, 1, 0)  # the session is kept
+
+            service.close_transports()
+            wait_for(lambda: sink.quits == 1, timeout=5, what="the QUIT")
+            service.close_transports()  # nothing left to close
+
+            service.notify(event=_registered_event(second))  # built again from the settings
+            assert (len(sink.to(second)), sink.sessions, sink.quits) == (1, 2, 1)
+    finally:
+        sink.stop()
 
 
 class _Provider(BaseHTTPRequestHandler):
@@ -151,19 +197,21 @@ class _Provider(BaseHTTPRequestHandler):
 
 
 def test_sms_goes_to_the_webhook_and_a_provider_500_is_retried_once_delivered(rt, transports, mail_sink):
-    from services.notifications import service, transports as t
+    from config.settings import Secret
+    from services.notifications import service
     from services.notifications.errors import DeliveryPending
 
     _Provider.answers, _Provider.received = [500, 200], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Provider)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        transports(sms=t.WebhookSmsTransport(url=f"http://127.0.0.1:{server.server_port}/sms", token="tok"))
-        email = f"sms-{uuid.uuid4().hex[:8]}@example.com"
-        event = _registered_event(email, phone="+14155550123")
-        with pytest.raises(DeliveryPending):
-            service.notify(event=event)  # email sent, sms answered 500
-        service.notify(event=event)  # the retry: sms only
+        with _settings(rt, sms_webhook_url=f"http://127.0.0.1:{server.server_port}/sms",
+                       sms_webhook_token=Secret("tok")):
+            email = f"sms-{uuid.uuid4().hex[:8]}@example.com"
+            event = _registered_event(email, phone="+14155550123")
+            with pytest.raises(DeliveryPending):
+                service.notify(event=event)  # email sent, sms answered 500
+            service.notify(event=event)  # the retry: sms only
     finally:
         server.shutdown()
     assert len(mail_sink.to(email)) == 1  # the delivered mail was not sent again

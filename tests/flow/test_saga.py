@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 
 from tests.conftest import Live, Worker
-from tests.support import Api, assert_conserved, create_product, place, stock_ledger, wait_for
+from tests.support import Api, assert_conserved, create_product, place, product_locked, stock_ledger, wait_for
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -204,9 +204,8 @@ def test_a_reservation_that_reaches_a_cancelled_order_late_is_released_and_ignor
     assert_conserved(rt, [str(product)])
 
 
-
 def test_a_cancel_that_lands_while_the_reservation_is_being_made_leaves_nothing_held_and_no_error(
-        rt, collected, monkeypatch, tmp_path):
+        rt, collected, database_url):
     from services.inventory import service as inventory
     from services.orders import service as orders
 
@@ -214,11 +213,6 @@ def test_a_cancel_that_lands_while_the_reservation_is_being_made_leaves_nothing_
     order, placed = _pending_order(rt, product, 2)
     orders.cancel_order(order_id=order["id"], user_id=order["user_id"])
     [cancelled] = _for(collected, order["id"], "order.cancelled")
-
-    # Hold the reservation after its tombstone check, its product rows locked (the crash tests'
-    # hook), while the cancellation reaches inventory on another connection.
-    monkeypatch.setenv("OMS_TEST_HOLD_DIR", str(tmp_path))
-    (tmp_path / "reserve").touch()
     failures = []
 
     def deliver(handler, event):
@@ -231,13 +225,16 @@ def test_a_cancel_that_lands_while_the_reservation_is_being_made_leaves_nothing_
         thread.start()
         return thread
 
-    reserving = deliver(inventory.reserve_order, placed)
-    try:
-        wait_for((tmp_path / "reserve.pid").exists, timeout=10, what="the reservation to hold its locks")
+    # The reservation waits at its product's row lock, past its tombstone check and in its
+    # transaction, while the cancellation reaches inventory on another connection. (Within
+    # this process's lock_timeout, DB_LOCK_TIMEOUT_MS: the waits below take a moment.)
+    with product_locked(database_url, product) as waiting:
+        reserving = deliver(inventory.reserve_order, placed)
+        [(reserver, name)] = wait_for(waiting, timeout=10, what="the reservation to wait at its row lock")
+        assert name == rt.db.application_name
         releasing = deliver(inventory.release_order, cancelled)
-        time.sleep(0.5)  # the release commits, or waits for the reservation to commit
-    finally:
-        (tmp_path / "reserve").unlink()
+        # The release commits, or waits for the reservation to commit.
+        wait_for(lambda: not releasing.is_alive() or waiting(reserver), timeout=10, what="the release to land")
     reserving.join(30)
     releasing.join(30)
 
@@ -248,6 +245,7 @@ def test_a_cancel_that_lands_while_the_reservation_is_being_made_leaves_nothing_
     assert _outbox(rt, "inventory", order["id"]) in (["inventory.released"],
                                                      ["inventory.reserved", "inventory.released"])
     assert_conserved(rt, [str(product)])
+
 
 # -- expiry racing fulfilment ---------------------------------------------------------
 def test_an_order_expired_before_its_fulfilment_stays_cancelled_and_gets_its_stock_back(rt, collected):

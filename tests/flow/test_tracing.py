@@ -33,15 +33,18 @@ def traced_stack(rt, settings, own_broker, mail_sink):
 
     from app import create_app
     from config import tracing
-    from services.notifications import service as notifications, transports
+    from infra import runtime
+    from services.notifications import service as notifications
     from workers.celery_app import app as celery
+    from workers.relay import publish
 
     exporter = InMemorySpanExporter()
     tracing.configure("tests", exporter=exporter)
-    notifications.use_transports({"email": transports.SmtpTransport(host="127.0.0.1", port=mail_sink.port,
-                                                                     sender="t@oms"),
-                                  "sms": transports.LogSmsTransport()})
-    base = replace(settings, registry_enabled=False)
+    tracing.instrument_celery()  # trace context into the tasks this process publishes
+    previous_publisher = runtime._publisher
+    # The notifications go to the session's mail sink (the transports are built from the settings).
+    base = replace(settings, registry_enabled=False, smtp_host="127.0.0.1", smtp_port=mail_sink.port,
+                   sms_webhook_url=None)
     servers = {name: Server(create_app(name, base)) for name in ("users", "inventory")}
     urls = {**base.service_urls, **{n: s.url for n, s in servers.items()}}
     servers["orders"] = Server(create_app("orders", replace(base, service_urls=urls)))
@@ -53,13 +56,17 @@ def traced_stack(rt, settings, own_broker, mail_sink):
                 start_worker(celery, pool="threads", concurrency=2, perform_ping_check=False,
                              shutdown_timeout=10, loglevel="WARNING",
                              queues="default,inventory,orders,notifications,outbox"):
+            # Committed events go to Celery at once, as in a process runtime.boot set up (set
+            # once the worker started: its start sets the process up as a Celery main process).
+            runtime.set_publisher(publish)
             yield Api(gateway.url), exporter
     finally:
         gateway.stop()
         for server in servers.values():
             server.stop()
         rt.settings = previous_settings
-        notifications.use_transports(None)
+        runtime.set_publisher(previous_publisher)
+        notifications.close_transports()
 
 
 def test_an_order_is_one_trace_from_the_gateway_to_its_notifications(traced_stack, mail_sink):

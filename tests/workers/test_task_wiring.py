@@ -9,6 +9,8 @@ service function each calls replaced.
 """
 from __future__ import annotations
 
+import importlib
+
 import threading
 import time
 import uuid
@@ -146,16 +148,27 @@ def test_a_delayed_route_is_sent_with_the_fulfilment_delay_and_the_others_withou
 
 
 # -- (b) an outage retries -----------------------------------------------------------------
-# The one service function each event task calls (workers/tasks.py).
+# The one service function each event task calls (the domains' wiring.py).
 SERVICE_CALLS = {
     "inventory.reserve": "services.inventory.service.reserve_order",
     "inventory.commit": "services.inventory.service.commit_order",
     "inventory.release": "services.inventory.service.release_order",
     "orders.apply_reservation": "services.orders.service.apply_reservation",
     "orders.fulfil": "services.orders.service.fulfil_order",
+    "orders.settle_stock": "services.orders.service.settle_stock",
     "notifications.notify": "services.notifications.service.notify",
     "notifications.remember_recipient": "services.notifications.service.remember_recipient",
 }
+
+
+def _replace_service(monkeypatch, task: str, replacement) -> None:
+    """Make ``task`` call ``replacement`` instead of the service function its domain declares."""
+    from services import wiring
+
+    consumer = next(c for domain in wiring() for c in domain.consumers if c.task == task)
+    module, _, function = SERVICE_CALLS[task].rpartition(".")
+    assert consumer.handle is getattr(importlib.import_module(module), function)
+    monkeypatch.setattr(consumer, "handle", replacement)
 
 
 @pytest.fixture
@@ -193,7 +206,7 @@ def test_a_task_whose_service_is_unavailable_asks_to_be_retried(eager_app, monke
     def unavailable(**_):
         raise Unavailable("the database is down")
 
-    monkeypatch.setattr(SERVICE_CALLS[name], unavailable)
+    _replace_service(monkeypatch, name, unavailable)
     with pytest.raises(Retry) as raised:  # eager + propagate: the retry surfaces instead of running later
         eager_app.tasks[name].apply(args=[_event("test.outage")], throw=True)
     assert isinstance(raised.value.exc, Unavailable)
@@ -212,7 +225,7 @@ def test_a_task_retries_through_an_outage_until_its_service_answers(eager_app, m
         if len(attempts) <= 2:
             raise Unavailable("the database is down")
 
-    monkeypatch.setattr(SERVICE_CALLS[name], down_twice)
+    _replace_service(monkeypatch, name, down_twice)
     # Without propagation an eager retry runs again at once (no countdown), and again.
     eager_app.conf.task_eager_propagates = False
     result = task.apply(args=[event])
@@ -233,10 +246,10 @@ def test_a_mail_sent_but_not_recorded_goes_with_the_retry_and_is_recorded_not_se
         if len(calls) == 1:  # sent, then the database went away before the outcome was recorded
             raise OutcomesUnrecorded([("7f1f6a4e-0000-4000-8000-000000000001", "sent", None)])
 
-    monkeypatch.setattr(SERVICE_CALLS["notifications.notify"], notify)
+    _replace_service(monkeypatch, "notifications.notify", notify)
     eager_app.conf.task_eager_propagates = False
     result = task.apply(args=[event])
     assert result.state == "SUCCESS", result.traceback
-    assert calls[0] == {"event": event, "outcomes": None}
+    assert calls[0] == {"event": event}
     assert calls[1] == {"event": event, "outcomes": [["7f1f6a4e-0000-4000-8000-000000000001", "sent", None]]} \
         or calls[1] == {"event": event, "outcomes": [("7f1f6a4e-0000-4000-8000-000000000001", "sent", None)]}
