@@ -1,4 +1,4 @@
-"""The bench's HTTP client for setting up (users, tokens, products) and probing the gateway."""
+"""The HTTP client of the bench and the chaos run: users, tokens, products, orders through the gateway."""
 from __future__ import annotations
 
 import json
@@ -18,25 +18,23 @@ class ApiError(RuntimeError):
 
 
 class Api:
-    def __init__(self, base: str):
+    def __init__(self, base: str, *, read_timeout: float = 30, pool: int = 16):
         self.base = base.rstrip("/")
-        self.http = urllib3.PoolManager(maxsize=16, retries=False, timeout=urllib3.Timeout(connect=2, read=30))
+        self.http = urllib3.PoolManager(maxsize=pool, retries=False,
+                                        timeout=urllib3.Timeout(connect=2, read=read_timeout))
 
     def call(self, method: str, path: str, *, body=None, token: str | None = None,
              headers: dict | None = None) -> tuple[int, object]:
-        headers = dict(headers or {})
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        data = None
+        """(status, parsed JSON body or the first bytes); connection errors raise urllib3's HTTPError."""
+        headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})}
         if body is not None:
-            data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        r = self.http.request(method, self.base + path, body=data, headers=headers)
+        r = self.http.request(method, self.base + path, headers=headers,
+                              body=None if body is None else json.dumps(body).encode())
         try:
-            parsed = json.loads(r.data) if r.data else None
+            return r.status, json.loads(r.data) if r.data else None
         except ValueError:
-            parsed = r.data[:200]
-        return r.status, parsed
+            return r.status, r.data[:200]
 
     def ok(self, method: str, path: str, expected=(200,), **kwargs):
         status, data = self.call(method, path, **kwargs)
@@ -44,23 +42,15 @@ class Api:
             raise ApiError(method, path, status, data)
         return data
 
-    # -- users and tokens --------------------------------------------------------
-    def register(self, email: str, name: str = "Bench") -> dict:
-        return self.ok("POST", "/api/users", (201,), body={"email": email, "name": name, "password": PASSWORD})
+    def register(self, email: str, name: str = "Bench", password: str = PASSWORD) -> dict:
+        return self.ok("POST", "/api/users", (201,), body={"email": email, "name": name, "password": password})
 
     def login(self, email: str, password: str = PASSWORD) -> dict:
         return self.ok("POST", "/api/auth/login", body={"email": email, "password": password})
 
-    def refresh(self, refresh_token: str) -> dict:
-        return self.ok("POST", "/api/auth/refresh", token=refresh_token)
-
-    # -- catalog and orders ------------------------------------------------------
     def create_product(self, admin_token: str, *, sku: str, name: str, price_cents: int, stock: int) -> dict:
         return self.ok("POST", "/api/inventory/products", (201,), token=admin_token,
                        body={"sku": sku, "name": name, "price_cents": price_cents, "stock": stock})
-
-    def products(self, limit: int = 100) -> list[dict]:
-        return self.ok("GET", f"/api/inventory/products?limit={limit}")["items"]
 
     def place(self, token: str, product_id: str, quantity: int = 1) -> dict:
         return self.ok("POST", "/api/orders", (202,), token=token,
@@ -75,9 +65,7 @@ class Users:
     """The bench's customers and their tokens (refreshed before they could expire)."""
 
     def __init__(self, api: Api, run_id: str, ttl_seconds: float):
-        self.api = api
-        self.run_id = run_id
-        self.ttl = ttl_seconds
+        self.api, self.run_id, self.ttl = api, run_id, ttl_seconds
         self.people: list[dict] = []
 
     def register(self, count: int, workers: int = 4) -> None:
@@ -86,8 +74,8 @@ class Users:
             for attempt in range(5):
                 try:
                     data = self.api.register(email, name=f"Bench {n}")
-                    return {"id": data["id"], "email": email, "access": data["access_token"],
-                            "refresh": data["refresh_token"], "at": time.monotonic()}
+                    return {"id": data["id"], "access": data["access_token"], "refresh": data["refresh_token"],
+                            "at": time.monotonic()}
                 except (ApiError, urllib3.exceptions.HTTPError):
                     if attempt == 4:
                         raise
@@ -98,16 +86,13 @@ class Users:
 
     def fresh(self, min_validity: float) -> None:
         """Rotate the pair of every user whose access token would expire within ``min_validity`` s."""
-        stale = [p for p in self.people if time.monotonic() - p["at"] > self.ttl - min_validity]
-
         def one(person: dict) -> None:
-            data = self.api.refresh(person["refresh"])
+            data = self.api.ok("POST", "/api/auth/refresh", token=person["refresh"])
             person.update(access=data["access_token"], refresh=data.get("refresh_token", person["refresh"]),
                           at=time.monotonic())
 
-        if stale:
-            with ThreadPoolExecutor(4) as pool:
-                list(pool.map(one, stale))
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(one, [p for p in self.people if time.monotonic() - p["at"] > self.ttl - min_validity]))
 
     def tokens(self) -> list[str]:
         return [p["access"] for p in self.people]

@@ -1,17 +1,21 @@
 """The in-run baselines: what this machine's PostgreSQL, HTTP stack and task queue do bare.
 
-(a) pgbench running the order's core as one SQL transaction, (b) a hello-world
-Flask app under our gunicorn settings hit by wrk, (c) a bare Celery chain with as
-many hops as one order causes, on the same broker with the same settings.
+(a) pgbench running the order's core as one SQL transaction, (b) a hello-world Flask app
+under our gunicorn settings (bench.hello) hit by wrk, (c) a bare Celery chain with as many
+hops as one order causes (bench.chain_app), on the same broker with the same settings.
 """
 from __future__ import annotations
 
-import glob
 import re
 import time
 from pathlib import Path
 
+from bench.orders_db import pct
+from bench.pg import PgClient
+
 PGBENCH_SCHEMA = "bench_pgbench"
+QUEUE_PREFIX = "bench-"  # the chain's queues: the pipeline's, prefixed
+DONE_KEY = "bench:chain:done"  # chains finished (bench.chain_app's last hop counts them)
 
 # The tables the order's core touches, shaped like the real ones (same columns,
 # checks and indexes; no history trigger): products, orders, order_lines, outbox.
@@ -61,83 +65,56 @@ COMMIT;
 
 def pgbench(sup, *, pgbench_path: str, url: str, workdir: Path, clients: list[int], duration: float,
             products: int, env: dict, log=print) -> dict:
-    from bench.pg import PgClient
+    """The order transaction at each client count (``-M prepared``), on tables of its own, dropped after."""
+    def sql(statement: str) -> str:
+        db = PgClient(url)
+        try:
+            db.execute(statement)
+            return db.fetchval("SHOW server_version")
+        finally:
+            db.close()
 
-    db = PgClient(url)
-    try:
-        db.execute(PGBENCH_SETUP.replace(":nproducts", str(int(products))))
-        version = db.fetchval("SHOW server_version")
-    finally:
-        db.close()
+    version = sql(PGBENCH_SETUP.replace(":nproducts", str(int(products))))
     script = workdir / "pgbench-order.sql"
     script.write_text(PGBENCH_SCRIPT)
+    number = lambda pattern, text: float(m.group(1)) if (m := re.search(pattern, text)) else None  # noqa: E731
     runs = {}
     for c in clients:
         logdir = workdir / f"pgbench-{c}"
         logdir.mkdir(exist_ok=True)
         argv = [pgbench_path, "-n", "-M", "prepared", "-c", str(c), "-j", "2", "-T", str(max(1, round(duration))),
                 "-D", f"nproducts={products}", "-f", str(script), "-l", "--log-prefix", str(logdir / "tx"), url]
-        result = sup.run(f"pgbench-{c}", argv, env=env, timeout=duration + 120, cwd=workdir)
-        out = result.stdout
-        tps = _float(r"tps = ([\d.]+) \(without initial connection time\)", out)
-        failed = _int(r"number of failed transactions: (\d+)", out) or 0
-        lat = _latencies(logdir)
-        runs[str(c)] = {"clients": c, "tps": round(tps, 1) if tps else None, "failed": failed,
-                   "latency_avg_ms": _float(r"latency average = ([\d.]+) ms", out), **lat}
-        log(f"  pgbench @{c}: {runs[str(c)]['tps']} tps, p99 {lat.get('p99_ms')} ms")
-    db = PgClient(url)
-    try:
-        db.execute(f"DROP SCHEMA IF EXISTS {PGBENCH_SCHEMA} CASCADE")
-    finally:
-        db.close()
+        out = sup.run(f"pgbench-{c}", argv, env=env, timeout=duration + 120, cwd=workdir).stdout
+        tps = number(r"tps = ([\d.]+) \(without initial connection time\)", out)
+        # The per-transaction log: field 3 is the latency in microseconds.
+        lat = [int(f[2]) / 1000.0 for path in logdir.glob("tx*") for f in map(str.split, path.read_text().splitlines())
+               if len(f) >= 3 and f[2].isdigit()]
+        runs[str(c)] = {"clients": c, "tps": round(tps, 1) if tps else None,
+                        "failed": int(number(r"number of failed transactions: (\d+)", out) or 0),
+                        "latency_avg_ms": number(r"latency average = ([\d.]+) ms", out)}
+        if lat:
+            runs[str(c)].update(p50_ms=round(pct(lat, 0.5), 2), p99_ms=round(pct(lat, 0.99), 2), logged=len(lat))
+        for path in logdir.glob("tx*"):
+            path.unlink()
+        log(f"  pgbench @{c}: {runs[str(c)]['tps']} tps, p99 {runs[str(c)].get('p99_ms')} ms")
+    sql(f"DROP SCHEMA IF EXISTS {PGBENCH_SCHEMA} CASCADE")
     return {"server_version": version, "script": PGBENCH_SCRIPT, "products": products, "runs": runs,
             "mode": "-M prepared, -j 2"}
 
 
-def _float(pattern: str, text: str) -> float | None:
-    m = re.search(pattern, text)
-    return float(m.group(1)) if m else None
-
-
-def _int(pattern: str, text: str) -> int | None:
-    m = re.search(pattern, text)
-    return int(m.group(1)) if m else None
-
-
-def _latencies(logdir: Path) -> dict:
-    """Percentiles from pgbench's per-transaction log (field 3 is the latency in us)."""
-    lat = []
-    for path in glob.glob(str(logdir / "tx*")):
-        with open(path) as fh:
-            for line in fh:
-                parts = line.split()
-                if len(parts) >= 3 and parts[2].isdigit():
-                    lat.append(int(parts[2]))
-        Path(path).unlink()
-    if not lat:
-        return {}
-    lat.sort()
-    pick = lambda p: round(lat[min(len(lat) - 1, int(p * (len(lat) - 1)))] / 1000.0, 2)
-    return {"p50_ms": pick(0.5), "p99_ms": pick(0.99), "logged": len(lat)}
-
-
 # -- (c) the bare chain ------------------------------------------------------------------------
 
-# The event each pipeline task emits on the happy path (reserved, not rejected): the
-# walk over workers.relay.ROUTES follows these to count the tasks one order causes.
-HAPPY_PATH_EMITS = {
-    "inventory.reserve": "inventory.reserved",
-    "orders.apply_reservation": "order.reserved",
-    "orders.fulfil": "order.fulfilled",
-}
+# The event each pipeline task emits on the happy path (reserved, not rejected): the walk over
+# workers.relay.ROUTES follows these to count the tasks one order causes.
+HAPPY_PATH_EMITS = {"inventory.reserve": "inventory.reserved", "orders.apply_reservation": "order.reserved",
+                    "orders.fulfil": "order.fulfilled"}
 
 
 def pipeline_hops(fulfilment_delay: float = 0.0) -> list[dict]:
     """Every task one placed order causes on the happy path, walked from ``order.placed`` in ROUTES.
 
-    A delayed route is not sent when FULFILMENT_DELAY_SECONDS <= 0 (``send_events``
-    skips it: the order is fulfilled inline), so it is not counted then, but the
-    event its task would emit is still followed.
+    A delayed route is not sent when FULFILMENT_DELAY_SECONDS <= 0 (``send_events`` skips it: the
+    order is fulfilled inline), so it is not counted then, but the event its task would emit is.
     """
     from workers.relay import ROUTES
 
@@ -151,25 +128,20 @@ def pipeline_hops(fulfilment_delay: float = 0.0) -> list[dict]:
             delayed = bool(getattr(route, "delayed", False))
             if not (delayed and fulfilment_delay <= 0):
                 hops.append({"event": event, "task": route.task, "queue": route.queue, "delayed": delayed})
-            emitted = HAPPY_PATH_EMITS.get(route.task)
-            if emitted:
-                frontier.append(emitted)
+            if route.task in HAPPY_PATH_EMITS:
+                frontier.append(HAPPY_PATH_EMITS[route.task])
     return hops
 
 
 def observed_hops(consumed: dict[str, int], orders: int) -> list[dict] | None:
-    """The tasks one order actually caused, from the consumers' inbox rows of a probe."""
+    """The tasks one order actually caused, from the consumers' inbox rows of ``orders`` probe orders."""
     from workers.relay import ROUTES
 
     if orders <= 0 or not consumed:
         return None
     queue_of = {r.task: r.queue for routes in ROUTES.values() for r in routes}
-    hops = []
-    for consumer, n in sorted(consumed.items()):
-        per_order = round(n / orders)
-        hops += [{"event": "(observed)", "task": consumer, "queue": queue_of.get(consumer, "default"),
-                  "delayed": False}] * per_order
-    return hops
+    return [{"event": "(observed)", "task": consumer, "queue": queue_of.get(consumer, "default"), "delayed": False}
+            for consumer, n in sorted(consumed.items()) for _ in range(round(n / orders))]
 
 
 def chain(sup, *, worker_command: str, env: dict, hops: list[dict], duration: float, in_flight: int,
@@ -178,67 +150,50 @@ def chain(sup, *, worker_command: str, env: dict, hops: list[dict], duration: fl
     import redis
     from celery import chain as celery_chain
 
-    from bench.chain_app import DONE_KEY, QUEUE_PREFIX, make_app
+    from bench.chain_app import make_app
 
     app = make_app(env)
     client = redis.Redis.from_url(env["REDIS_URL"])
     client.delete(DONE_KEY)
+    done = lambda: int(client.get(DONE_KEY) or 0)  # noqa: E731
+    zero = "0" * 32
+    payload = {"id": zero, "type": "order.placed", "occurred_at": "2024-01-01T00:00:00+00:00", "headers": {},
+               "payload": {"order_id": zero, "user_id": zero, "lines": [{"product_id": zero, "quantity": 1}]}}
+
+    def send() -> None:
+        celery_chain(*[app.signature("bench.last_hop" if i == len(hops) - 1 else "bench.hop",
+                                     args=(payload,) if i == 0 else (), queue=QUEUE_PREFIX + h["queue"])
+                       for i, h in enumerate(hops)]).apply_async()
+
     sup.start("chain-worker", ["/bin/sh", "-c", worker_command], env=env)
     try:
-        # Warm-up: one chain through, so the worker is consuming before the clock starts.
-        payload = {"id": "0" * 32, "type": "order.placed", "occurred_at": "2024-01-01T00:00:00+00:00",
-                   "payload": {"order_id": "0" * 32, "user_id": "0" * 32,
-                               "lines": [{"product_id": "0" * 32, "quantity": 1}]}, "headers": {}}
-
-        def signatures():
-            sigs = []
-            for i, h in enumerate(hops):
-                name = "bench.last_hop" if i == len(hops) - 1 else "bench.hop"
-                args = (payload,) if i == 0 else ()
-                sigs.append(app.signature(name, args=args, queue=QUEUE_PREFIX + h["queue"]))
-            return celery_chain(*sigs)
-
-        signatures().apply_async()
+        send()  # one chain through first, so the worker is consuming before the clock starts
         deadline = time.monotonic() + 60
-        while int(client.get(DONE_KEY) or 0) < 1:
+        while done() < 1:
             if time.monotonic() > deadline or not sup.procs["chain-worker"].alive():
                 raise RuntimeError("the chain worker finished no chain:\n" + sup.procs["chain-worker"].log_tail())
             time.sleep(0.1)
-        sent = done0 = int(client.get(DONE_KEY) or 0)
-        sent_base = sent
-        samples = []
-        start = time.monotonic()
-        end = start + duration
-        while time.monotonic() < end:
-            done = int(client.get(DONE_KEY) or 0)
-            samples.append((time.monotonic() - start, done - done0))
-            while sent - done < in_flight:
-                signatures().apply_async()
+        sent = done0 = done()
+        samples, start = [], time.monotonic()
+        while (now := time.monotonic()) < start + duration:
+            finished = done()
+            samples.append((now - start, finished - done0))
+            for _ in range(in_flight - (sent - finished)):
+                send()
                 sent += 1
             time.sleep(0.005)
-        done = int(client.get(DONE_KEY) or 0)
-        elapsed = time.monotonic() - start
-        # Rate over the steady part: after the first 10% of the run.
-        trim = [s for s in samples if s[0] >= duration * 0.1]
-        rate = (trim[-1][1] - trim[0][1]) / (trim[-1][0] - trim[0][0]) if len(trim) > 1 and trim[-1][0] > trim[0][0] else None
-        # Let the chains in flight finish, so nothing is left on the broker.
-        deadline = time.monotonic() + 60
-        while int(client.get(DONE_KEY) or 0) < sent and time.monotonic() < deadline:
+        elapsed, finished = time.monotonic() - start, done()
+        steady = [s for s in samples if s[0] >= duration * 0.1]  # the rate after the first 10% of the run
+        rate = ((steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0])
+                if len(steady) > 1 and steady[-1][0] > steady[0][0] else None)
+        deadline = time.monotonic() + 60  # let the chains in flight finish: nothing left on the broker
+        while done() < sent and time.monotonic() < deadline:
             time.sleep(0.1)
-        finished = int(client.get(DONE_KEY) or 0)
         log(f"  chain: {rate and round(rate, 1)} chains/s ({len(hops)} hops)")
-        return {
-            "hops": len(hops),
-            "queues": [QUEUE_PREFIX + h["queue"] for h in hops],
-            "in_flight": in_flight,
-            "duration_s": round(elapsed, 2),
-            "chains_finished": done - done0,
-            "chains_per_s": round(rate, 1) if rate else None,
-            "tasks_per_s": round(rate * len(hops), 1) if rate else None,
-            "all_finished": finished >= sent,
-            "sent": sent - sent_base,
-            "worker_command": worker_command,
-        }
+        return {"hops": len(hops), "queues": [QUEUE_PREFIX + h["queue"] for h in hops], "in_flight": in_flight,
+                "duration_s": round(elapsed, 2), "chains_finished": finished - done0,
+                "chains_per_s": rate and round(rate, 1), "tasks_per_s": rate and round(rate * len(hops), 1),
+                "all_finished": done() >= sent, "sent": sent - done0, "worker_command": worker_command}
     finally:
         sup.stop("chain-worker", timeout=60)
         for key in client.scan_iter(match=QUEUE_PREFIX + "*"):
@@ -248,27 +203,23 @@ def chain(sup, *, worker_command: str, env: dict, hops: list[dict], duration: fl
 
 
 def chain_worker_command(worker_command: str) -> str:
-    """The Procfile's worker line, pointed at the chain app and its bench- queues."""
+    """The Procfile's worker line, pointed at the chain app and its bench- queues, with a node name of its own."""
     command = worker_command.replace("workers.celery_app:app", "bench.chain_app:app")
     if command == worker_command:
         raise RuntimeError("cannot find '-A workers.celery_app:app' in the Procfile's worker line")
-
-    def prefix(m):
-        queues = ",".join("bench-" + q for q in m.group(2).strip("'\"").split(","))
-        return f"{m.group(1)}{queues}"
-
-    command, n = re.subn(r"(-Q\s*|--queues[= ])(\S+)", prefix, command)
+    command, n = re.subn(r"(-Q\s*|--queues[= ])(\S+)", lambda m: m.group(1) + ",".join(
+        QUEUE_PREFIX + q for q in m.group(2).strip("'\"").split(",")), command)
     if not n:
-        command += " -Q bench-default,bench-inventory,bench-orders,bench-notifications,bench-outbox"
-    # Its own node name, so it never looks like one of the real workers.
+        queues = ("default", "inventory", "orders", "notifications", "outbox")
+        command += " -Q " + ",".join(QUEUE_PREFIX + q for q in queues)
     return command + " -n bench-chain@%h"
 
 
 def hello_command(gateway_command: str) -> str:
-    """The Procfile's gateway line serving the hello-world app under the same gunicorn settings."""
+    """The Procfile's gateway line serving bench.hello (app and configuration) under the same gunicorn settings."""
     command = re.sub(r"app\.wsgi:\w+", "bench.hello:app", gateway_command)
-    command = command.replace("config/gunicorn.conf.py", "bench/hello_conf.py")
+    command = command.replace("-c config/gunicorn.conf.py", "-c python:bench.hello")
     command = re.sub(r"--control-socket\s+\S+", "--no-control-socket", command)
-    if "bench.hello:app" not in command or "bench/hello_conf.py" not in command:
+    if "bench.hello:app" not in command or "python:bench.hello" not in command:
         raise RuntimeError("cannot adapt the Procfile's gateway line to the hello-world app")
     return command

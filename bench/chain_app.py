@@ -1,8 +1,8 @@
 """Baseline (c): a bare Celery chain with as many hops as one order causes, trivial task bodies.
 
-Same broker and settings as the real workers (``config.celery.celery_config``);
-queues are the pipeline's with a ``bench-`` prefix so the two never mix. The last
-hop counts the finished chain in Redis. ``celery -A bench.chain_app:app worker``.
+Same broker and settings as the real workers (``config.celery.celery_config``); the queues
+are the pipeline's with a ``bench-`` prefix, so the two never mix. The last hop counts the
+finished chain in Redis. ``celery -A bench.chain_app:app worker`` (see baselines.chain).
 """
 from __future__ import annotations
 
@@ -11,23 +11,20 @@ import os
 import redis
 from celery import Celery
 
+from bench.baselines import DONE_KEY, QUEUE_PREFIX
 from config.celery import celery_config
 from config.settings import load_settings
 
-DONE_KEY = "bench:chain:done"
-QUEUE_PREFIX = "bench-"
-
 
 def make_app(env) -> Celery:
-    settings = load_settings(env)
     celery = Celery("bench-chain")
-    celery.conf.update(celery_config(settings))
+    celery.conf.update(celery_config(load_settings(env)))
     celery.conf.task_default_queue = QUEUE_PREFIX + "default"
     return celery
 
 
 app = make_app(os.environ)
-_redis = None
+_redis: list = []
 
 
 @app.task(name="bench.hop", acks_late=True, reject_on_worker_lost=True)
@@ -37,7 +34,6 @@ def hop(event: dict) -> dict:
 
 @app.task(name="bench.last_hop", acks_late=True, reject_on_worker_lost=True)
 def last_hop(event: dict) -> None:
-    global _redis
-    if _redis is None:
-        _redis = redis.Redis.from_url(load_settings().redis_url)
-    _redis.incr(DONE_KEY)
+    if not _redis:
+        _redis.append(redis.Redis.from_url(load_settings().redis_url))
+    _redis[0].incr(DONE_KEY)

@@ -1,7 +1,7 @@
-"""What PostgreSQL sees during a scenario: connections (sampled) and work done (counters).
+"""What a phase costs: PostgreSQL connections (sampled), CPU by process (psutil), database work (counters).
 
-Both read through the ``postgres`` database (see bench.pg), so the sampling adds
-no transactions or statements to the application database's figures.
+Connections and counters are read through the ``postgres`` database (see bench.pg), so the
+sampling adds no transactions or statements to the application database's figures.
 """
 from __future__ import annotations
 
@@ -11,145 +11,97 @@ import threading
 import time
 from collections import Counter
 
+import psutil
+
 from bench.pg import PgClient
 
-# Connections that are the bench's, not the application's.
-NOT_APP = ("bench-monitor", "pgbench", "bench-sampler")
+NOT_APP = ("bench-monitor", "pgbench", "bench-sampler")  # connections that are the bench's
+LOAD_GENERATORS = "load generators (wrk, pgbench, locust)"
 
-# What asyncpg sends when a pooled connection is released (Connection.reset):
-# https://github.com/MagicStack/asyncpg/blob/master/asyncpg/connection.py (_get_reset_query)
-RESET_PATTERNS = {
-    "RESET ALL": re.compile(r"^\s*RESET\s+ALL\b", re.I),
-    "SELECT pg_advisory_unlock_all()": re.compile(r"pg_advisory_unlock_all\s*\(", re.I),
-    "CLOSE ALL": re.compile(r"^\s*CLOSE\s+ALL\b", re.I),
-    "UNLISTEN *": re.compile(r"^\s*UNLISTEN\s+\*", re.I),
-    "DISCARD ALL": re.compile(r"^\s*DISCARD\s+ALL\b", re.I),
-}
+# What asyncpg sends when a pooled connection is released (Connection.reset, _get_reset_query).
+RESET = re.compile(r"^\s*(RESET\s+ALL\b|CLOSE\s+ALL\b|UNLISTEN\s+\*|DISCARD\s+ALL\b)|pg_advisory_unlock_all\s*\(", re.I)
 TXN_CONTROL = re.compile(r"^\s*(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE)\b", re.I)
-SESSION_SETUP = re.compile(r"^\s*(SET|SHOW|SELECT\s+set_config|SELECT\s+pg_catalog\.set_config)\b", re.I)
+SESSION_SETUP = re.compile(r"^\s*(SET|SHOW|SELECT\s+(pg_catalog\.)?set_config)\b", re.I)
 
 
 class ConnectionSampler:
-    """Samples pg_stat_activity for the application database every ``interval`` seconds."""
+    """Samples pg_stat_activity of the application database every ``interval`` s, on a thread."""
 
     def __init__(self, url: str, database: str, interval: float = 0.15):
-        self.url = url
-        self.database = database
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.samples: list[dict] = []
+        self.url, self.database, self.interval = url, database, interval
+        self.samples: list[tuple[Counter, Counter]] = []  # (connections, active ones) by application_name
         self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-sampler", daemon=True)
 
     def __enter__(self) -> "ConnectionSampler":
         self._client = PgClient(self.url, application_name="bench-sampler")
-        self._thread = threading.Thread(target=self._loop, name="bench-sampler", daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._thread.join(10)
         self._client.close()
 
     def _loop(self) -> None:
-        sql = ("SELECT coalesce(application_name, '') AS app, coalesce(state, '') AS state, count(*) AS n "
-               "FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' "
-               "GROUP BY 1, 2")
+        sql = ("SELECT coalesce(application_name, '') AS app, state = 'active' AS active, count(*) AS n "
+               "FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' GROUP BY 1, 2")
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                rows = self._client.fetch(sql, self.database, timeout=5)
-                by_app: Counter = Counter()
-                active: Counter = Counter()
-                for r in rows:
+                by_app, active = Counter(), Counter()
+                for r in self._client.fetch(sql, self.database, timeout=5):
                     by_app[r["app"]] += r["n"]
-                    if r["state"] == "active":
-                        active[r["app"]] += r["n"]
-                self.samples.append({"t": time.time(), "by_app": dict(by_app), "active": dict(active)})
+                    active[r["app"]] += r["n"] if r["active"] else 0
+                self.samples.append((by_app, active))
             except Exception as exc:  # keep sampling; report the last error
                 self.error = repr(exc)
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def summary(self) -> dict:
-        peak_total, at_peak, peak_by_app, peak_active = 0, {}, Counter(), 0
-        others: Counter = Counter()
-        for s in self.samples:
-            app = {k: v for k, v in s["by_app"].items() if not k.startswith(NOT_APP)}
-            total = sum(app.values())
-            if total > peak_total:
-                peak_total, at_peak = total, app
-            for k, v in app.items():
-                peak_by_app[k] = max(peak_by_app[k], v)
-            for k, v in s["by_app"].items():
-                if k.startswith(NOT_APP):
-                    others[k] = max(others[k], v)
-            peak_active = max(peak_active, sum(v for k, v in s["active"].items() if not k.startswith(NOT_APP)))
-        return {
-            "samples": len(self.samples),
-            "interval_s": self.interval,
-            "peak_total": peak_total,
-            "peak_active": peak_active,
-            "at_peak": dict(sorted(at_peak.items())),
-            "peak_by_application_name": dict(sorted(peak_by_app.items())),
-            "peak_bench_connections": dict(others),
-            "error": self.error,
-        }
-
-
-# Children of the bench that exit during a phase only show in its children times: wrk and the like.
-LOAD_GENERATORS = "load generators (wrk, pgbench, locust)"
+        peak_total, at_peak, peak_active, by_app, bench = 0, {}, 0, Counter(), Counter()
+        for conns, active in self.samples:
+            app = {k: v for k, v in conns.items() if not k.startswith(NOT_APP)}
+            if sum(app.values()) > peak_total:
+                peak_total, at_peak = sum(app.values()), app
+            peak_active = max(peak_active, sum(v for k, v in active.items() if not k.startswith(NOT_APP)))
+            for k, v in conns.items():
+                peaks = bench if k.startswith(NOT_APP) else by_app
+                peaks[k] = max(peaks[k], v)
+        return {"samples": len(self.samples), "interval_s": self.interval, "peak_total": peak_total,
+                "peak_active": peak_active, "at_peak": dict(sorted(at_peak.items())),
+                "peak_by_application_name": dict(sorted(by_app.items())),
+                "peak_bench_connections": dict(bench), "error": self.error}
 
 
 class CpuAccount:
-    """CPU used during a phase: the whole machine, the run's own processes, and the rest.
+    """CPU used during a phase: the machine's busy time, the run's own processes by name, and the rest.
 
-    Another program busy on a 2-core machine changes every figure, so each phase
-    says how much CPU went elsewhere: others = machine busy - ours. "Ours" is this
-    process's descendants and the embedded PostgreSQL server (``roots``, it runs
-    detached), plus their children that exited meanwhile (wrk, PostgreSQL
-    backends: counted in their parent's children times once reaped).
+    Another program busy on a 2-core machine changes every figure, so each phase says how much
+    CPU went elsewhere: others = machine busy - ours. Ours is this process and its descendants,
+    each named by the process group it is in (``names()``: {pgid: name}; the bench's children
+    each lead one), and the embedded PostgreSQL (``pg_pid``, detached); children that exited
+    meanwhile show in their parent's children times (the bench's: the load generators; the
+    postmaster's: its backends). ``claim`` moves reaped helpers (py-spy) out of the load generators.
     """
 
-    def __init__(self, roots: list[int], groups=None):
-        self.roots = roots  # detached processes of ours: the embedded PostgreSQL server
-        self._groups = groups or dict  # () -> {process group id: name}; the bench's children each lead one
-        self.groups: dict[int, str] = {}
+    def __init__(self, pg_pid: int | None, names):
+        self.roots = [os.getpid()] + ([pg_pid] if pg_pid else [])
+        self.names = names
         self.claimed: dict[str, float] = {}
 
     def claim(self, label: str, seconds: float) -> None:
-        """CPU seconds of exited children of the bench that were not load generators (the profiler),
-        measured by whoever reaped them."""
         self.claimed[label] = self.claimed.get(label, 0.0) + seconds
 
-    def _label(self, pid: int, root: int) -> str:
-        if root != os.getpid():
-            return "postgres"
-        if pid == os.getpid():
-            return "bench"
-        try:
-            return self.groups.get(os.getpgid(pid), "bench")
-        except OSError:
-            return "bench"
-
-    @staticmethod
-    def _busy() -> tuple[float, float]:
-        """(process time: user + nice + system, which processes' times add up to; all busy time)."""
-        import psutil
-
+    def _snapshot(self):
         t = psutil.cpu_times()
-        process = t.user + t.nice + t.system
-        return process, process + sum(getattr(t, f, 0.0) for f in ("irq", "softirq", "steal"))
-
-    def _ours(self) -> tuple[dict[int, tuple[float, str]], dict[str, float]]:
-        """CPU seconds of each live process of ours (with its label), and per label the children
-        times of processes of ours (what their exited children used: wrk under "bench" etc.)."""
-        import psutil
-
-        cpu, reaped = {}, {}
-        self.groups = self._groups()
-        for root in [os.getpid(), *self.roots]:
+        busy = t.user + t.nice + t.system  # what processes' times add up to; interrupts are no one's
+        busy_all = busy + t.irq + t.softirq + t.steal
+        me, groups = os.getpid(), self.names()
+        ours: dict[int, tuple[float, str]] = {}
+        reaped: Counter = Counter()
+        for root in self.roots:
             try:
                 top = psutil.Process(root)
                 procs = [top, *top.children(recursive=True)]
@@ -157,160 +109,105 @@ class CpuAccount:
                 continue
             for p in procs:
                 try:
-                    t = p.cpu_times()
-                    label = self._label(p.pid, root)
-                    cpu[p.pid] = (t.user + t.system, label)
-                    if p.pid == os.getpid():
-                        label = LOAD_GENERATORS
-                    reaped[label] = reaped.get(label, 0.0) + t.children_user + t.children_system
-                except psutil.Error:
+                    c = p.cpu_times()
+                    label = ("postgres" if root != me else "bench" if p.pid == me
+                             else groups.get(os.getpgid(p.pid), "bench"))
+                except (psutil.Error, OSError):
                     continue
-        return cpu, reaped
-
-    @staticmethod
-    def _others(ours: set[int]) -> dict[int, tuple[float, str]]:
-        import psutil
-
-        out = {}
+                ours[p.pid] = (c.user + c.system, label)
+                reaped[LOAD_GENERATORS if p.pid == me else label] += c.children_user + c.children_system
+        others = {}
         for p in psutil.process_iter(["cmdline", "name", "cpu_times"]):
-            if p.pid in ours:
-                continue
-            try:
-                t = p.info["cpu_times"]
-                if t is not None:
-                    name = " ".join(p.info["cmdline"] or []) or p.info["name"] or "?"
-                    out[p.pid] = (t.user + t.system, name[:100])
-            except Exception:
-                continue
-        return out
+            c = p.info["cpu_times"]
+            if p.pid not in ours and c is not None:
+                others[p.pid] = (c.user + c.system, (" ".join(p.info["cmdline"] or []) or p.info["name"] or "?")[:100])
+        return time.monotonic(), busy, busy_all, ours, reaped, others
 
     def start(self) -> None:
-        self._t0 = time.monotonic()
-        self._busy0 = self._busy()
-        self._ours0, self._reaped0 = self._ours()
-        self._others0 = self._others(set(self._ours0))
+        self._before = self._snapshot()
 
     def stop(self) -> dict:
-        seconds = time.monotonic() - self._t0
-        process1, all1 = self._busy()
-        busy, busy_all = process1 - self._busy0[0], all1 - self._busy0[1]
-        ours1, reaped1 = self._ours()
-        by_label: dict[str, float] = {}
+        t0, busy0, all0, ours0, reaped0, others0 = self._before
+        t1, busy1, all1, ours1, reaped1, others1 = self._snapshot()
+        seconds = t1 - t0
+        by_label: Counter = Counter()
         for pid, (c, label) in ours1.items():
-            by_label[label] = by_label.get(label, 0.0) + c - self._ours0.get(pid, (0.0, ""))[0]
+            by_label[label] += c - ours0.get(pid, (0.0,))[0]
         for label, c in reaped1.items():
-            by_label[label] = by_label.get(label, 0.0) + c - self._reaped0.get(label, 0.0)
+            by_label[label] += c - reaped0.get(label, 0.0)
         for label, c in self.claimed.items():
-            by_label[label] = by_label.get(label, 0.0) + c
-            by_label[LOAD_GENERATORS] = by_label.get(LOAD_GENERATORS, 0.0) - c
+            by_label[label] += c
+            by_label[LOAD_GENERATORS] -= c
         ours = sum(by_label.values())
-        others1 = self._others(set(ours1))
-        named: dict[str, float] = {}
+        named: Counter = Counter()
         for pid, (c, name) in others1.items():
-            used = c - self._others0[pid][0] if pid in self._others0 else c
+            used = c - others0[pid][0] if pid in others0 else c
             if used > 0.05:
-                named[name] = named.get(name, 0.0) + used
+                named[name] += used
         if seconds <= 0:
             return {"seconds": 0}
-        top = sorted(named.items(), key=lambda kv: -kv[1])[:3]
-        return {
-            "seconds": round(seconds, 1),
-            "machine_busy_cores": round(busy_all / seconds, 2),
-            "ours_cores": round(ours / seconds, 2),
-            # Interrupt work (loopback networking) is no process's: left out of both sides.
-            "other_processes_cores": round(max(0.0, busy - ours) / seconds, 2),
-            "other_top": [{"cmd": n, "cores": round(c / seconds, 3)} for n, c in top],
-            "ours_by_process": {k: round(v / seconds, 2) for k, v in sorted(by_label.items(), key=lambda kv: -kv[1])
-                                if v / seconds >= 0.005},
-        }
+        per_s = lambda x, nd=2: round(x / seconds, nd)  # noqa: E731
+        return {"seconds": round(seconds, 1), "machine_busy_cores": per_s(all1 - all0), "ours_cores": per_s(ours),
+                "other_processes_cores": per_s(max(0.0, busy1 - busy0 - ours)),
+                "other_top": [{"cmd": n, "cores": per_s(c, 3)} for n, c in named.most_common(3)],
+                "ours_by_process": {k: per_s(v) for k, v in by_label.most_common() if v / seconds >= 0.005}}
 
 
 class DbWork:
     """Counters of the application database: xact_commit/rollback and pg_stat_statements calls."""
 
     def __init__(self, client: PgClient, database: str, pgss: bool):
-        self.client = client
-        self.database = database
-        self.pgss = pgss
+        self.client, self.database, self.pgss = client, database, pgss
 
     def snapshot(self) -> dict:
         row = self.client.fetchrow(
-            "SELECT d.oid, s.xact_commit, s.xact_rollback, s.tup_inserted, s.tup_updated, s.tup_deleted "
-            "FROM pg_stat_database s JOIN pg_database d ON d.oid = s.datid WHERE d.datname = $1",
-            self.database,
-        )
-        snap = {k: row[k] for k in ("xact_commit", "xact_rollback", "tup_inserted", "tup_updated", "tup_deleted")}
-        snap["t"] = time.time()
+            "SELECT d.oid, s.xact_commit, s.xact_rollback, s.tup_inserted + s.tup_updated + s.tup_deleted AS tuples "
+            "FROM pg_stat_database s JOIN pg_database d ON d.oid = s.datid WHERE d.datname = $1", self.database)
+        snap = {**row, "t": time.time()}
         if self.pgss:
-            rows = self.client.fetch(
-                "SELECT queryid, toplevel, query, calls, total_exec_time, rows "
-                "FROM pg_stat_statements WHERE dbid = $1", row["oid"],
-            )
-            snap["statements"] = {(r["queryid"], r["toplevel"]): r for r in rows}
+            snap["statements"] = {(r["queryid"], r["toplevel"]): r for r in self.client.fetch(
+                "SELECT queryid, toplevel, query, calls, total_exec_time FROM pg_stat_statements WHERE dbid = $1",
+                row["oid"])}
         return snap
 
     @staticmethod
     def classify(query: str) -> str:
-        for label, pattern in RESET_PATTERNS.items():
-            if pattern.search(query):
-                return "reset"
-        if TXN_CONTROL.match(query):
-            return "transaction_control"
-        if SESSION_SETUP.match(query):
-            return "session_setup"
-        return "sql"
+        return ("reset" if RESET.search(query) else "transaction_control" if TXN_CONTROL.match(query)
+                else "session_setup" if SESSION_SETUP.match(query) else "sql")
 
     def delta(self, before: dict, after: dict, *, units: float, unit: str, top: int = 20) -> dict:
         """Per ``unit`` (fulfilled order, accepted order, request): what the database did."""
         units = units or 0
-        per = (lambda x: round(x / units, 2) if units else None)
+        per = lambda x: round(x / units, 2) if units else None  # noqa: E731
         commits = after["xact_commit"] - before["xact_commit"]
-        out = {
-            "unit": unit,
-            "units": units,
-            "window_s": round(after["t"] - before["t"], 1),
-            "xact_commit": commits,
-            "xact_rollback": after["xact_rollback"] - before["xact_rollback"],
-            "xact_commit_per_unit": per(commits),
-            "tuples_written_per_unit": per(sum(after[k] - before[k] for k in ("tup_inserted", "tup_updated", "tup_deleted"))),
-        }
-        if not self.pgss or "statements" not in after:
-            out["statements"] = None
+        out = {"unit": unit, "units": units, "window_s": round(after["t"] - before["t"], 1), "xact_commit": commits,
+               "xact_rollback": after["xact_rollback"] - before["xact_rollback"],
+               "xact_commit_per_unit": per(commits), "tuples_written_per_unit": per(after["tuples"] - before["tuples"]),
+               "statements": None}
+        if "statements" not in after:
             return out
-        calls_by_class: Counter = Counter()
-        resets: Counter = Counter()
-        rows = []
+        kinds, resets, rows = Counter(), Counter(), []
         for key, r in after["statements"].items():
-            prev = before.get("statements", {}).get(key)
-            calls = r["calls"] - (prev["calls"] if prev else 0)
+            prev = before.get("statements", {}).get(key) or {"calls": 0, "total_exec_time": 0.0}
+            calls = r["calls"] - prev["calls"]
             if calls <= 0:
                 continue
-            ms = r["total_exec_time"] - (prev["total_exec_time"] if prev else 0.0)
-            if not r["toplevel"]:
-                calls_by_class["nested"] += calls
-                kind = "nested"
-            else:
-                kind = self.classify(r["query"] or "")
-                calls_by_class[kind] += calls
-                if kind == "reset":
-                    label = next(l for l, p in RESET_PATTERNS.items() if p.search(r["query"]))
-                    resets[label] += calls
-            rows.append({"kind": kind, "calls": calls, "per_unit": per(calls), "exec_ms": round(ms, 1),
-                         "query": " ".join((r["query"] or "").split())[:240]})
+            query = r["query"] or ""
+            kind = self.classify(query) if r["toplevel"] else "nested"
+            kinds[kind] += calls
+            if kind == "reset":
+                resets[" ".join(query.split())[:60]] += calls
+            rows.append({"kind": kind, "calls": calls, "per_unit": per(calls),
+                         "exec_ms": round(r["total_exec_time"] - prev["total_exec_time"], 1),
+                         "query": " ".join(query.split())[:240]})
         rows.sort(key=lambda x: -x["calls"])
-        toplevel = sum(v for k, v in calls_by_class.items() if k != "nested")
+        toplevel = sum(v for k, v in kinds.items() if k != "nested")
         out["statements"] = {
-            "toplevel_calls": toplevel,
-            "toplevel_per_unit": per(toplevel),
-            "sql_per_unit": per(calls_by_class["sql"]),
-            "reset_per_unit": per(calls_by_class["reset"]),
-            # One release = one reset query string (its statements above, one implicit transaction).
-            "releases_per_unit": per(max(resets.values()) if resets else 0),
-            "transaction_control_per_unit": per(calls_by_class["transaction_control"]),
-            "session_setup_per_unit": per(calls_by_class["session_setup"]),
-            "nested_per_unit": per(calls_by_class["nested"]),
-            "calls_by_kind": dict(calls_by_class),
-            "reset_calls": dict(resets),
-            "top": rows[:top],
-        }
+            "toplevel_calls": toplevel, "toplevel_per_unit": per(toplevel), "sql_per_unit": per(kinds["sql"]),
+            "reset_per_unit": per(kinds["reset"]),
+            # One release = one reset query string (its statements, one implicit transaction).
+            "releases_per_unit": per(max(resets.values(), default=0)),
+            "transaction_control_per_unit": per(kinds["transaction_control"]),
+            "session_setup_per_unit": per(kinds["session_setup"]), "nested_per_unit": per(kinds["nested"]),
+            "calls_by_kind": dict(kinds), "reset_calls": dict(resets), "top": rows[:top]}
         return out

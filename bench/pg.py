@@ -1,8 +1,7 @@
-"""A small synchronous PostgreSQL client for the bench (asyncpg on a loop thread of its own).
+"""A small synchronous PostgreSQL client for the bench: asyncpg on an event loop thread of its own.
 
-The bench reads statistics through the ``postgres`` database, not the
-application's, so its own queries add nothing to the application database's
-``xact_commit`` or ``pg_stat_statements`` figures.
+The bench reads statistics through the ``postgres`` database, not the application's, so its own
+queries add nothing to the application database's ``xact_commit`` or ``pg_stat_statements``.
 """
 from __future__ import annotations
 
@@ -11,8 +10,6 @@ import threading
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-
-APPLICATION_NAME = "bench-monitor"
 
 
 def with_database(url: str, name: str) -> str:
@@ -24,39 +21,29 @@ def database_of(url: str) -> str:
 
 
 class PgClient:
-    def __init__(self, url: str, *, application_name: str = APPLICATION_NAME):
+    def __init__(self, url: str, *, application_name: str = "bench-monitor"):
         self.url = url
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="bench-pg", daemon=True)
         self._thread.start()
-        self._conn: asyncpg.Connection | None = None
-        self._call(self._connect(application_name))
+        self._conn = self._call(asyncpg.connect(url, timeout=10,
+                                                server_settings={"application_name": application_name}))
 
-    async def _connect(self, application_name: str) -> None:
-        self._conn = await asyncpg.connect(self.url, timeout=10,
-                                           server_settings={"application_name": application_name})
-
-    def _call(self, coro, timeout: float = 120.0):
+    def _call(self, coro, timeout: float = 125.0):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def fetch(self, sql: str, *args, timeout: float = 120.0) -> list[dict]:
-        async def go():
-            return [dict(r) for r in await self._conn.fetch(sql, *args, timeout=timeout)]
-        return self._call(go(), timeout + 5)
+        return [dict(r) for r in self._call(self._conn.fetch(sql, *args, timeout=timeout), timeout + 5)]
 
     def fetchrow(self, sql: str, *args) -> dict | None:
         rows = self.fetch(sql, *args)
         return rows[0] if rows else None
 
     def fetchval(self, sql: str, *args):
-        async def go():
-            return await self._conn.fetchval(sql, *args)
-        return self._call(go())
+        return self._call(self._conn.fetchval(sql, *args))
 
     def execute(self, sql: str, *args, timeout: float = 300.0) -> str:
-        async def go():
-            return await self._conn.execute(sql, *args, timeout=timeout)
-        return self._call(go(), timeout + 5)
+        return self._call(self._conn.execute(sql, *args, timeout=timeout), timeout + 5)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -1,14 +1,13 @@
 """Every process the bench starts, and stopping all of them on every exit path.
 
-Each child runs in a session (process group) of its own, so one signal reaches
-it and everything it forked (gunicorn workers, Celery pool children). Three nets:
-``Supervisor.stop_all`` in the bench's ``finally``; SIGTERM/SIGHUP turned into
-``SystemExit`` so that ``finally`` runs; and a reaper process (``bench.reaper``)
-that outlives a SIGKILLed bench and stops what the state file lists.
+Each child is a ``devtools.launcher.Process`` (a process group of its own, SIGTERM when
+the bench dies). Three nets: ``Supervisor.stop_all`` in the bench's ``finally``;
+SIGTERM/SIGHUP turned into ``SystemExit`` so that ``finally`` runs; and a reaper process
+(``bench.reaper``) that outlives a SIGKILLed bench and stops what the state file lists.
 """
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import json
 import os
 import signal
@@ -18,74 +17,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devtools.supervisor import live_group_members
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the bench dies, however it dies."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def group_members(pgid: int) -> list[int]:
-    return live_group_members({pgid})
-
-
-def kill_group(pgid: int, *, leader: int | None = None, timeout: float = 20.0) -> None:
-    """SIGTERM to the leader (or the group), wait, then SIGKILL whatever of the group is left."""
-    try:
-        if leader is not None:
-            os.kill(leader, signal.SIGTERM)
-        else:
-            os.killpg(pgid, signal.SIGTERM)
-    except OSError:
-        pass
-    deadline = time.monotonic() + timeout
-    while group_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if group_members(pgid):
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except OSError:
-            pass
-        deadline = time.monotonic() + 5.0
-        while group_members(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, n: int = 40) -> str:
-        if not self.log_path.exists():
-            return ""
-        with open(self.log_path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 200_000))
-            lines = fh.read().decode(errors="replace").splitlines()
-        return "\n".join(lines[-n:])
+from devtools.launcher import ROOT, Process, group_members, kill_group
 
 
 @dataclass
 class Supervisor:
     workdir: Path
-    procs: dict[str, Proc] = field(default_factory=dict)
+    procs: dict[str, Process] = field(default_factory=dict)
     servers: list = field(default_factory=list)  # devtools.embedded.Embedded objects
     server_dirs: list[str] = field(default_factory=list)
     remove_workdir: bool = True  # the reaper deletes the work folder once it stopped everything
-    _reaper: subprocess.Popen | None = None
+    _reaper: Process | None = None
     _groups: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -102,20 +44,13 @@ class Supervisor:
         tmp.replace(self.state_file)
 
     def start_reaper(self) -> None:
-        self._reaper = subprocess.Popen(
-            [sys.executable, "-m", "bench.reaper", str(os.getpid()), str(self.state_file)],
-            cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(self.logs / "reaper.log", "ab"), start_new_session=True,
-        )
+        # Not dying with the bench: outliving it is its purpose.
+        self._reaper = Process([sys.executable, "-m", "bench.reaper", str(os.getpid()), str(self.state_file)],
+                               log=self.logs / "reaper.log")
 
     def stop_reaper(self) -> None:
-        if self._reaper is not None and self._reaper.poll() is None:
-            self._reaper.terminate()
-            try:
-                self._reaper.wait(10)
-            except subprocess.TimeoutExpired:
-                self._reaper.kill()
-                self._reaper.wait()
+        if self._reaper is not None:
+            self._reaper.stop(timeout=10)
 
     def add_server(self, server) -> None:
         self.servers.append(server)
@@ -132,23 +67,23 @@ class Supervisor:
         self._write_state()
 
     # -- processes --------------------------------------------------------------
-    def start(self, name: str, argv: list[str], *, env: dict[str, str], cwd: Path = ROOT) -> Proc:
+    def _launch(self, argv: list[str], **options) -> Process:
+        proc = Process(argv, die_with_parent=True, **options)
+        self._groups.add(proc.pid)
+        self._write_state()
+        return proc
+
+    def start(self, name: str, argv: list[str], *, env: dict[str, str], cwd: Path = ROOT) -> Process:
         if name in self.procs and self.procs[name].alive():
             raise RuntimeError(f"{name} is already running")
-        log_path = self.logs / f"{name}.log"
-        proc = Proc(name=name, popen=self.spawn(argv, env=env, log_path=log_path, cwd=cwd), log_path=log_path)
-        self.procs[name] = proc
-        return proc
+        self.procs[name] = self._launch(argv, env=env, cwd=cwd, name=name, log=self.logs / f"{name}.log")
+        return self.procs[name]
 
     def run(self, name: str, argv: list[str], *, env: dict[str, str], timeout: float, cwd: Path = ROOT,
             check: bool = True) -> subprocess.CompletedProcess:
         """A one-off command (wrk, pgbench, migrate), in its own group, killed with the bench."""
-        popen = subprocess.Popen(
-            argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_die_with_parent,
-        )
-        self._groups.add(popen.pid)
-        self._write_state()
+        popen = self._launch(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True).popen
         try:
             out, err = popen.communicate(timeout=timeout)
         except BaseException:
@@ -171,14 +106,7 @@ class Supervisor:
 
         ``start`` names it as one of ``procs``; a helper spawned directly (a profiler) is ``reap``ed.
         """
-        with open(log_path, "ab") as out:
-            popen = subprocess.Popen(
-                argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
-            )
-        self._groups.add(popen.pid)
-        self._write_state()
-        return popen
+        return self._launch(argv, env=env, cwd=cwd, log=log_path).popen
 
     def reap(self, popen: subprocess.Popen, timeout: float, *, interrupt: int = signal.SIGTERM,
              grace: float = 5.0) -> float:
@@ -190,16 +118,12 @@ class Supervisor:
         """
         cpu = _await_cpu(popen, timeout)
         if cpu is None:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(popen.pid, interrupt)
-            except OSError:
-                pass
             cpu = _await_cpu(popen, grace)
         if cpu is None:
-            try:
+            with contextlib.suppress(OSError):
                 os.killpg(popen.pid, signal.SIGKILL)
-            except OSError:
-                pass
             cpu = _wait_cpu(popen, 0)
         kill_group(popen.pid, timeout=2.0)  # anything it forked
         self._groups.discard(popen.pid)
@@ -210,11 +134,7 @@ class Supervisor:
         proc = self.procs.pop(name, None)
         if proc is None:
             return
-        kill_group(proc.pid, leader=proc.pid if proc.alive() else None, timeout=timeout)
-        try:
-            proc.popen.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+        proc.stop(timeout=timeout)
         self._groups.discard(proc.pid)
         self._write_state()
 

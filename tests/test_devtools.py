@@ -1,13 +1,17 @@
-"""Embedded PostgreSQL and Redis (devtools/embedded.py): data survives restarts, leftovers are handled, stop is safe."""
+"""Development tooling: embedded PostgreSQL and Redis (devtools/embedded.py) keep their data across
+restarts, handle leftovers and stop safely; the launcher (devtools/launcher.py) leaves no process behind."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 
 import asyncpg
 import pytest
 import redis
 
-from devtools import embedded
+from devtools import embedded, launcher
 
 
 def _sql(url: str, query: str, *args):
@@ -92,3 +96,39 @@ def test_redis_in_a_folder_too_deep_for_a_unix_socket_still_starts(tmp_path, sto
 
     assert len(server.url) - len("unix://") <= 107
     assert redis.Redis.from_url(server.url).ping()
+
+
+def test_redis_that_cannot_start_says_why(tmp_path):
+    (tmp_path / "redis" / "appendonly.aof").mkdir(parents=True)  # a folder where Redis wants its file
+
+    with pytest.raises(embedded.EmbeddedError, match="(?s)exited.*append"):
+        embedded.start_redis(tmp_path / "redis")
+
+
+def test_a_stopped_process_takes_its_whole_group_with_it(tmp_path):
+    # A shell deaf to SIGTERM, with a child (deaf too) that would outlive it.
+    proc = launcher.Process(["/bin/sh", "-c", "trap '' TERM; sleep 300 & echo started; wait"], log=tmp_path / "log")
+    launcher.wait_until(lambda: len(launcher.group_members(proc.pid)) == 2, timeout=10, what="both processes")
+
+    assert proc.stop(timeout=0.5) == -signal.SIGKILL
+    assert launcher.group_members(proc.pid) == []
+
+
+def test_waiting_for_a_process_that_exits_fails_at_once_quoting_its_log(tmp_path):
+    proc = launcher.Process(["/bin/sh", "-c", "echo no configuration here; exit 3"], log=tmp_path / "log")
+
+    with pytest.raises(RuntimeError, match="exited \\(3\\).*\n.*no configuration here"):
+        proc.wait_ready(lambda: False, timeout=60, what="readiness")
+
+
+def test_a_child_started_to_die_with_its_parent_does():
+    code = ("import time; from devtools import launcher; "
+            "print(launcher.Process(['sleep', '300'], die_with_parent=True).pid, flush=True); time.sleep(300)")
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=launcher.ROOT, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert launcher.alive(child)
+
+    parent.kill()
+    parent.wait()
+
+    launcher.wait_until(lambda: not launcher.alive(child), timeout=10, what="the child's end")
