@@ -104,6 +104,26 @@ def cmd_seed(args) -> int:
     return 0
 
 
+def cmd_announce_catalog(args) -> int:
+    """Fill orders' read model of the catalog from inventory: every product is announced
+    again (inventory.product_changed); the outbox sweep publishes the events and the
+    workers apply them like any change."""
+    from infra import runtime
+    from services.inventory import service as inventory
+    from services.orders import service as orders
+
+    _setup("announce-catalog")
+    try:
+        if not args.all and not orders.catalog_is_empty():
+            logger.info("orders' read model of the catalog is not empty; --all announces every product anyway")
+            return 0
+        announced = inventory.announce_catalog()
+    finally:
+        runtime.shutdown()
+    logger.info("catalog announced", extra={"products": announced})
+    return 0
+
+
 def cmd_run(args) -> int:
     from devtools import supervisor
 
@@ -119,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     admin.add_argument("--password", help="default: ADMIN_PASSWORD from the environment")
     sub.add_parser("run", help="start the whole system (embedded servers when no URLs are set)")
     sub.add_parser("seed", help="add the demo catalog (about 20 products) if it is not there")
+    announce = sub.add_parser("announce-catalog",
+                              help="fill orders' read model of the catalog from inventory (when it is empty)")
+    announce.add_argument("--all", action="store_true", help="announce every product even if it is not empty")
     dead = sub.add_parser("dead-letters", help="show or redrive messages whose tasks gave up")
     dead.add_argument("action", choices=["list", "retry"])
     dead.add_argument("id", nargs="?")
@@ -126,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     dead.add_argument("--limit", type=int, default=100)
     args = parser.parse_args(argv)
     handlers = {"migrate": cmd_migrate, "create-admin": cmd_create_admin, "run": cmd_run,
-                "seed": cmd_seed, "dead-letters": cmd_dead_letters}
+                "seed": cmd_seed, "dead-letters": cmd_dead_letters,
+                "announce-catalog": cmd_announce_catalog}
     return handlers[args.command](args)
 
 

@@ -65,7 +65,12 @@ def worker_exit(server, worker):
     from infra import runtime
 
     registry.stop()
-    runtime.shutdown()
+    closers = []
+    if runtime.current() is not None and runtime.has_publisher():
+        from workers.relay import publisher
+
+        closers.append(publisher.flush)  # what was committed goes out before the pool closes
+    runtime.shutdown(*closers)
 
 
 def on_exit(server):

@@ -68,6 +68,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"configuration error: {name} must be a number, got {raw!r}") from None
 
 
+def _ratio(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"configuration error: {name} must be between 0 and 1, got {value}")
+    return value
+
+
 def _at_least_one(env: Mapping[str, str], name: str, default: int) -> int:
     value = _int(env, name, default)
     if value < 1:
@@ -172,6 +179,14 @@ class Settings:
     # The file a worker touches while its consumer runs (workers/liveness.py).
     worker_liveness_file: str | None = None
     worker_liveness_interval: float = 5.0
+    # Share of traces recorded where no parent decided (parent-based): every one in
+    # development, a sample elsewhere.
+    trace_sample_ratio: float = 1.0
+    # Admission control: placement answers 503 with Retry-After while the pipeline's
+    # backlog would keep a new order from being fulfilled within this many seconds.
+    order_latency_budget_seconds: float = 2.0
+    # Events for one consumer that are ready together travel as one message of at most this many.
+    event_batch_max: int = 100
 
     @property
     def production(self) -> bool:
@@ -301,6 +316,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         celery_task_time_limit=_at_least_one(env, "CELERY_TASK_TIME_LIMIT", 90),
         worker_liveness_file=env.get("WORKER_LIVENESS_FILE") or None,
         worker_liveness_interval=_float(env, "WORKER_LIVENESS_INTERVAL", 5.0),
+        trace_sample_ratio=_ratio(env, "TRACE_SAMPLE_RATIO", 1.0 if app_env == "development" else 0.1),
+        order_latency_budget_seconds=_float(env, "ORDER_LATENCY_BUDGET_SECONDS", 2.0),
+        event_batch_max=_at_least_one(env, "EVENT_BATCH_MAX", 100),
     )
 
 

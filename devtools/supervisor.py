@@ -216,6 +216,8 @@ def _run(env: dict[str, str], data_dir: Path, signals: _Signals, servers: list) 
         steps.append((["create-admin", "--email", env["ADMIN_EMAIL"]], "create-admin"))
     if env.get("SEED_DEMO", "1").strip().lower() not in ("0", "false", "no", "off"):
         steps.append((["seed"], "demo catalog"))
+    # A data folder from before orders kept its read model of the catalog: fill it.
+    steps.append((["announce-catalog"], "orders' read model of the catalog"))
     for args, what in steps:
         returncode = _run_step(args, child_env, signals, what=what)
         if returncode != 0:

@@ -67,6 +67,10 @@ def set_publisher(publisher: Callable[[str, list[dict]], None] | None) -> None:
     _publisher = publisher
 
 
+def has_publisher() -> bool:
+    return _publisher is not None
+
+
 def build(settings: Settings, *, name: str, role: str = roles.WORKER) -> Runtime:
     login = roles.login(settings, role)
     db = Database(

@@ -171,6 +171,10 @@ def base_env(database_url, redis_url):
         LOG_LEVEL="WARNING",
         DB_POOL_MIN="1",
         DB_POOL_MAX="4",
+        # Most tests leave orders pending (no worker runs): admission control would refuse
+        # every order after the first second. Its own tests turn it on.
+        ORDER_LATENCY_BUDGET_SECONDS="0",
+        TRACE_SAMPLE_RATIO="1",
         PYTHONPATH=str(ROOT),
         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     )

@@ -59,5 +59,7 @@ def _pool_process(**_):
 @worker_process_shutdown.connect
 def _stop_pool_process(**_):
     from infra import runtime
+    from workers.relay import publisher
 
-    runtime.shutdown(*(domain.close for domain in wiring() if domain.close))
+    # What the last tasks committed goes out before the pool closes; then the kept transports.
+    runtime.shutdown(publisher.flush, *(domain.close for domain in wiring() if domain.close))

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from opentelemetry import context, propagate
 
 from infra import messaging, runtime
-from infra.wiring import routes
+from infra.wiring import Route, routes
 from services import wiring
 
 logger = logging.getLogger(__name__)
@@ -30,55 +30,64 @@ _PUBLISH_ERRORS = (KombuError, OSError, ConnectionError)
 
 
 def send_events(events: list[dict], *, retry: bool = False) -> list[str]:
-    """Send each event to its consumers; returns the ids sent (stops at the first failure)."""
+    """Send events to their consumers, several for one consumer as one message; returns the
+    ids of the events every consumer of which was sent to (the others wait for the sweep).
+
+    A message carries a list of up to EVENT_BATCH_MAX events; the consumer task handles
+    each in its own transaction with its own inbox row (workers/tasks.py). Events a
+    transaction or a sweep makes ready together travel together; a lone event goes alone.
+    """
     from workers.celery_app import app
 
-    delay = runtime.get().settings.fulfilment_delay_seconds
-    sent = []
+    settings = runtime.get().settings
+    delay, size = settings.fulfilment_delay_seconds, settings.event_batch_max
+    messages: dict[Route, list[dict]] = {}
     for event in events:
-        # Publish inside the trace the event was written in (the sweep has its own).
-        token = context.attach(propagate.extract(event.get("headers") or {}))
-        try:
-            for route in ROUTES.get(event["type"], ()):
-                if route.delayed and delay <= 0:
-                    continue
-                app.send_task(
-                    route.task, args=[event], queue=route.queue,
-                    countdown=delay if route.delayed and delay > 0 else None, retry=retry,
-                )
-        except _PUBLISH_ERRORS as exc:
-            logger.warning("publish failed; the sweep will retry", extra={"event_id": event["id"], "error": str(exc)})
-            break
-        finally:
-            context.detach(token)
-        sent.append(event["id"])
-    return sent
+        for route in ROUTES.get(event["type"], ()):
+            if not route.delayed or delay > 0:
+                messages.setdefault(route, []).append(event)
+    failed: set[str] = set()
+    for route, batch in messages.items():
+        for chunk in (batch[i:i + size] for i in range(0, len(batch), size)):
+            # Publish inside the trace the first event was written in; each event's own
+            # trace goes on in its consumer (workers/tasks.py).
+            token = context.attach(propagate.extract(chunk[0].get("headers") or {}))
+            try:
+                app.send_task(route.task, args=[chunk], queue=route.queue,
+                              countdown=delay if route.delayed else None, retry=retry)
+            except _PUBLISH_ERRORS as exc:
+                logger.warning("publish failed; the sweep will retry",
+                               extra={"task": route.task, "events": len(chunk), "error": str(exc)})
+                failed.update(e["id"] for e in chunk)
+            finally:
+                context.detach(token)
+    return [e["id"] for e in events if e["id"] not in failed]
 
 
-class Marker:
-    """Marks published events in batches, off the request and task path.
+class Publisher:
+    """Publishes committed events from a thread of its own, and marks them published.
 
-    Marking each event right after publishing cost one more transaction per event; a
-    per-process flusher marks everything published in the last ~100 ms with one
-    UPDATE per schema. Events published but not marked yet (the process died first)
-    are older than the sweep's minimum age before the sweep looks at them, and are
-    then published again: consumers dedupe by event id, so that costs nothing but a
-    duplicate message.
+    ``add`` hands events over and returns at once: a request or a task never waits for
+    the broker. The thread sends what is pending the moment it is free, so a lone event
+    goes at once and events that became ready while it was sending go together, as one
+    message per consumer; it then marks what it sent with one UPDATE per schema. Events
+    sent but not marked (the process died first) are published again by the sweep, and
+    consumers dedupe by event id.
     """
 
-    def __init__(self, interval: float = 0.1):
-        self.interval = interval
-        self.pending: dict[str, list[str]] = {}
+    def __init__(self):
+        self.pending: dict[str, list[dict]] = {}
         self.condition = threading.Condition()
         self.thread: threading.Thread | None = None
         self.pid = 0
+        self.busy = False
 
-    def add(self, schema: str, ids: list[str]) -> None:
+    def add(self, schema: str, events: list[dict]) -> None:
         with self.condition:
-            self.pending.setdefault(schema, []).extend(ids)
+            self.pending.setdefault(schema, []).extend(events)
             if self.thread is None or self.pid != os.getpid() or not self.thread.is_alive():
                 self.pid = os.getpid()
-                self.thread = threading.Thread(target=self._run, name="outbox-marker", daemon=True)
+                self.thread = threading.Thread(target=self._run, name="outbox-publisher", daemon=True)
                 self.thread.start()
             self.condition.notify()
 
@@ -88,33 +97,48 @@ class Marker:
                 while not self.pending:
                     self.condition.wait()
                 batch, self.pending = self.pending, {}
-            self.flush(batch)
-            time.sleep(self.interval)  # let the next batch gather
+                self.busy = True
+            try:
+                self._send(batch)
+            finally:
+                with self.condition:
+                    self.busy = False
+                    self.condition.notify_all()
 
-    def flush(self, batch: dict[str, list[str]] | None = None) -> None:
-        if batch is None:
-            with self.condition:
-                batch, self.pending = self.pending, {}
+    def _send(self, batch: dict[str, list[dict]]) -> None:
+        try:
+            sent = set(send_events([e for events in batch.values() for e in events]))
+        except Exception:  # nothing here may be lost: the rows stay unpublished for the sweep
+            logger.error("publishing failed unexpectedly; the sweep will retry", exc_info=True)
+            return
         db = runtime.db()
-        for schema, ids in batch.items():
+        for schema, events in batch.items():
+            ids = [e["id"] for e in events if e["id"] in sent]
+            if not ids:
+                continue
             try:
                 db.run(messaging.mark_published, db.manager(schema), ids)
             except Exception:  # published but not marked: the sweep sends them again, consumers dedupe
                 logger.warning("could not mark events published", exc_info=True)
 
+    def flush(self, timeout: float = 10.0) -> None:
+        """Send what is pending now (at process stop, before the pool closes)."""
+        deadline = time.monotonic() + timeout
+        with self.condition:
+            while self.busy and time.monotonic() < deadline:
+                self.condition.wait(0.1)
+            batch, self.pending = self.pending, {}
+        if batch:
+            self._send(batch)
 
-marker = Marker()
+
+publisher = Publisher()
 
 
 def publish(schema: str, events: list[dict]) -> None:
-    """After commit: publish now if we can. Nothing here may fail the committed request."""
-    try:
-        sent = send_events(events)
-    except Exception:
-        logger.error("publishing failed unexpectedly; the sweep will retry", exc_info=True)
-        return
-    if sent:
-        marker.add(schema, sent)
+    """After commit: hand the events to this process's publisher. Never fails the request."""
+    if events:
+        publisher.add(schema, events)
 
 
 # A key the relay keeps in a Redis broker: when it is gone, the broker lost its data

@@ -14,7 +14,6 @@ What a lost message would strand, the beat sweeps re-announce (``orders.reconcil
 """
 from __future__ import annotations
 
-import functools
 import logging
 
 import asyncpg
@@ -22,6 +21,7 @@ from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from kombu.exceptions import OperationalError
+from opentelemetry import propagate, trace
 
 from infra import dead_letters, runtime
 from infra.errors import Unavailable
@@ -30,6 +30,7 @@ from workers import relay
 from workers.celery_app import app, settings
 
 logger = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 TRANSIENT = (
     Unavailable,  # database or a dependency down (DeliveryPending, RecipientUnknown are kinds of it)
@@ -83,38 +84,64 @@ def _dead_letter(task: Task, args: tuple, kwargs: dict, exc: Exception) -> None:
                         "error": type(exc).__name__})
 
 
-def task(name: str, queue: str):
-    """A domain task (queue from ``task_routes``; ``queue`` documents it here)."""
-    def decorate(fn):
-        @app.task(name=name, base=DomainTask, bind=True)
-        @functools.wraps(fn)
-        def run(self, *args, **kwargs):
+def _traced(event: dict, name: str):
+    """A span for one event of a message, in the trace the event was written in: an order
+    stays one trace whatever else travelled in its message."""
+    return _tracer.start_as_current_span(name, context=propagate.extract(event.get("headers") or {}))
+
+
+def _resend_alone(task: Task, event: dict, kwargs: dict) -> None:
+    """Retry one event of a batch as a message of its own (it carries what it learnt)."""
+    task.signature_from_request(task.request, args=[[event]], kwargs=kwargs, countdown=_backoff(task),
+                                retries=task.request.retries + 1).apply_async()
+
+
+def consumer_task(consumer) -> Task:
+    """The task of a consumer a domain declares: a message carries one event or several,
+    each handled in its own transaction (its own inbox row). A transient failure retries
+    only the events that failed; a permanent one dead-letters that event alone; a message
+    delivered again has no second effect (each event's inbox row, or its version)."""
+    name = consumer.task
+
+    @app.task(name=name, base=DomainTask, bind=True)
+    def run(self, events, **carried):
+        batch = [events] if isinstance(events, dict) else list(events)  # dead letters redrive one event
+        failed: list[dict] = []
+        cause: Exception | None = None
+        for event in batch:
             try:
-                return fn(*args, **kwargs)
+                with _traced(event, name):
+                    consumer.handle(event=event, **carried)
             except TRANSIENT as exc:
                 logger.warning("task will retry", extra={"task": name, "task_id": self.request.id,
-                                                          "event_id": _event_id(args), "retries": self.request.retries,
+                                                          "event_id": event.get("id"), "retries": self.request.retries,
                                                           "error": type(exc).__name__})
                 carry = getattr(exc, "carry", None)
-                if carry:  # what this attempt learnt and could not record goes with the retry
-                    raise self.retry(exc=exc, args=args, kwargs={**kwargs, **carry}, countdown=_backoff(self))
-                raise
-            except Exception as exc:  # a bug or a poison message: dead-letter it (or retry until we can)
-                _dead_letter(self, args, kwargs, exc)
-                return None
-        return run
-    return decorate
+                if carry and len(batch) == 1:  # what this attempt learnt and could not record goes with the retry
+                    raise self.retry(exc=exc, args=[batch], kwargs={**carried, **carry}, countdown=_backoff(self))
+                if carry:
+                    _resend_alone(self, event, {**carried, **carry})
+                    continue
+                failed.append(event)
+                cause = exc
+            except Exception as exc:  # a bug or a poison event: dead-letter it alone (or retry until we can)
+                try:
+                    _dead_letter(self, (event,), carried, exc)
+                except TRANSIENT as down:
+                    failed.append(event)
+                    cause = down
+        if failed and len(failed) == len(batch):
+            raise cause  # autoretry: the same message again, after the backoff
+        if failed:
+            raise self.retry(exc=cause, args=[failed], kwargs=carried, countdown=_backoff(self))
+        return None
+
+    return run
 
 
 def periodic(name: str):
     """A beat task: no retries and no dead letters; the next tick runs it again."""
     return app.task(name=name, acks_late=False, ignore_result=True)
-
-
-def _consumer(consumer) -> None:
-    @task(consumer.task, consumer.task.partition(".")[0])
-    def consume(event: dict, **carried) -> None:
-        consumer.handle(event=event, **carried)
 
 
 def _periodic(job) -> None:
@@ -126,7 +153,7 @@ def _periodic(job) -> None:
 # One task per consumer and per periodic job that the domains declare (their wiring.py).
 for _domain in wiring():
     for _declared in _domain.consumers:
-        _consumer(_declared)
+        consumer_task(_declared)
     for _declared in _domain.periodic:
         _periodic(_declared)
 

@@ -14,11 +14,19 @@ from services.inventory.schemas import MAX_STOCK  # on_hand is an integer column
 
 PRODUCT = (
     "id, sku, name, description, price_cents, currency, active, on_hand, reserved, "
-    "on_hand - reserved AS available, created_at, updated_at"
+    "on_hand - reserved AS available, created_at, updated_at, version"
 )
+# What orders' read model keeps of a product (inventory.product_changed).
+CATALOG_FIELDS = ("sku", "name", "price_cents", "currency", "active", "version")
 
 
-async def create_product(db, *, sku, name, description, price_cents, currency, stock, actor) -> dict:
+async def _product_changed(tx, product: dict) -> dict:
+    payload = {"product_id": str(product["id"]), **{f: product[f] for f in CATALOG_FIELDS}}
+    return await messaging.add_event(tx, event_type=events.PRODUCT_CHANGED, aggregate_id=product["id"],
+                                     payload=payload)
+
+
+async def create_product(db, *, sku, name, description, price_cents, currency, stock, actor) -> tuple[dict, dict]:
     try:
         async with db.transaction() as tx:
             product = await tx.fetch_one(
@@ -31,7 +39,7 @@ async def create_product(db, *, sku, name, description, price_cents, currency, s
                     "INSERT INTO {{tables.stock_movements}} (product_id, delta, reason, actor) VALUES ($1, $2, $3, $4)",
                     product["id"], stock, "initial stock", actor,
                 )
-            return product
+            return product, await _product_changed(tx, product)
     except asyncpg.UniqueViolationError:
         raise SkuTaken("a product with this sku already exists") from None
 
@@ -60,15 +68,34 @@ async def list_products(db, *, limit: int, after: tuple[datetime, uuid.UUID] | N
     )
 
 
-async def update_product(db, *, product_id: uuid.UUID, changes: dict) -> dict | None:
+async def update_product(db, *, product_id: uuid.UUID, changes: dict) -> tuple[dict | None, dict | None]:
     allowed = [c for c in ("name", "description", "price_cents", "active") if c in changes]
     if not allowed:
-        return await get_product(db, product_id=product_id)
+        return await get_product(db, product_id=product_id), None
     sets = ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(allowed))
-    return await db.fetch_one(
-        "UPDATE {{tables.products}} SET " + sets + ", updated_at = now() WHERE id = $1 RETURNING " + PRODUCT,
-        product_id, *[changes[c] for c in allowed],
-    )
+    # The version counts changes orders prices from; a description alone is not one.
+    bump = "version + 1" if set(allowed) - {"description"} else "version"
+    async with db.transaction() as tx:
+        product = await tx.fetch_one(
+            "UPDATE {{tables.products}} SET " + sets + f", updated_at = now(), version = {bump} WHERE id = $1 "
+            "RETURNING " + PRODUCT,
+            product_id, *[changes[c] for c in allowed],
+        )
+        if product is None or bump == "version":
+            return product, None
+        return product, await _product_changed(tx, product)
+
+
+async def announce_catalog(db, *, after: uuid.UUID | None, limit: int) -> tuple[list[dict], uuid.UUID | None]:
+    """inventory.product_changed for the next ``limit`` products by id: the snapshot a new
+    or emptied read model catches up from. Returns the events and the last id (None: done)."""
+    async with db.transaction() as tx:
+        products = await tx.fetch_all(
+            "SELECT " + PRODUCT + " FROM {{tables.products}} WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2",
+            after, limit,
+        )
+        emitted = [await _product_changed(tx, product) for product in products]
+    return emitted, (products[-1]["id"] if len(products) == limit else None)
 
 
 async def adjust_stock(db, *, product_id: uuid.UUID, delta: int, reason: str, actor: str) -> dict:

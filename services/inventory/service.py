@@ -25,8 +25,10 @@ def _publish(event: dict | None) -> None:
 
 def create_product(*, sku: str, name: str, price_cents: int, actor: str, description: str = "",
                    currency: str = "USD", stock: int = 0) -> dict:
-    return _run(repository.create_product, sku=sku, name=name, description=description,
-                price_cents=price_cents, currency=currency, stock=stock, actor=actor)
+    product, event = _run(repository.create_product, sku=sku, name=name, description=description,
+                          price_cents=price_cents, currency=currency, stock=stock, actor=actor)
+    _publish(event)
+    return product
 
 
 def get_product(*, product_id: uuid.UUID) -> dict:
@@ -44,10 +46,23 @@ def list_products(*, limit: int = 20, cursor: str | None = None, ids: list[uuid.
 
 
 def update_product(*, product_id: uuid.UUID, changes: dict) -> dict:
-    product = _run(repository.update_product, product_id=product_id, changes=changes)
+    product, event = _run(repository.update_product, product_id=product_id, changes=changes)
     if product is None:
         raise ProductNotFound("no such product")
+    _publish(event)
     return product
+
+
+def announce_catalog(*, batch: int = 500) -> int:
+    """Announce every product again (inventory.product_changed), so that a new or emptied
+    read model of the catalog (orders') catches up; returns how many were announced."""
+    total, after = 0, None
+    while True:
+        emitted, after = _run(repository.announce_catalog, after=after, limit=batch)
+        runtime.get().publish(SCHEMA, emitted)
+        total += len(emitted)
+        if after is None:
+            return total
 
 
 def adjust_stock(*, product_id: uuid.UUID, delta: int, reason: str, actor: str) -> dict:

@@ -10,7 +10,9 @@ from services.notifications.transports import header_text
 
 FOLDER = Path(__file__).resolve().parent / "templates"
 
-# Which template each event renders.
+# Which template each event renders. order.reserved comes only with a fulfilment delay;
+# without one, order_fulfilled also says the order is confirmed (its event's
+# ``includes_confirmation``), so the customer gets one mail for the one step.
 BY_EVENT = {
     "user.registered": "welcome",
     "order.reserved": "order_confirmed",

@@ -1,4 +1,4 @@
-from infra.errors import InvalidState, NotFound, ValidationFailed
+from infra.errors import InvalidState, NotFound, Unavailable, ValidationFailed
 
 
 class OrderNotFound(NotFound):
@@ -11,3 +11,9 @@ class NotCancellable(InvalidState):
 
 class IdempotencyKeyReused(ValidationFailed):
     slug = "idempotency-key-reused"
+
+
+class PipelineOverloaded(Unavailable):
+    """Orders placed now would not be fulfilled within the latency budget: come back later."""
+
+    slug = "pipeline-overloaded"

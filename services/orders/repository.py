@@ -111,19 +111,25 @@ def _summary(order: dict) -> dict:
     }
 
 
-async def _transition(tx, *, order_id: uuid.UUID, to: str, reason: str | None, from_: tuple[str, ...],
-                      event_type: str) -> tuple[dict, dict] | None:
-    changed = await tx.fetch_value(
+async def _move(tx, *, order_id: uuid.UUID, to: str, reason: str | None, from_: tuple[str, ...]) -> bool:
+    """The conditional update of a transition (the trigger records it in history)."""
+    return bool(await tx.fetch_value(
         "UPDATE {{tables.orders}} SET status = $2, reason = $3, updated_at = now(), "
         "reserved_at = CASE WHEN $2 = 'reserved' THEN now() ELSE reserved_at END, "
         "announced_at = now(), announcements = 0 "
         "WHERE id = $1 AND status = ANY($4::text[]) RETURNING true",
         order_id, to, reason, list(from_),
-    )
-    if not changed:
+    ))
+
+
+async def _transition(tx, *, order_id: uuid.UUID, to: str, reason: str | None, from_: tuple[str, ...],
+                      event_type: str, extra: dict | None = None) -> tuple[dict, dict] | None:
+    """Move the order and write the event announcing it: the order's summary, plus ``extra``."""
+    if not await _move(tx, order_id=order_id, to=to, reason=reason, from_=from_):
         return None
     order = await _fetch(tx, order_id)
-    event = await messaging.add_event(tx, event_type=event_type, aggregate_id=order_id, payload=_summary(order))
+    event = await messaging.add_event(tx, event_type=event_type, aggregate_id=order_id,
+                                      payload={**_summary(order), **(extra or {})})
     return order, event
 
 
@@ -145,25 +151,28 @@ async def cancel(db, *, order_id: uuid.UUID, user_id: uuid.UUID, is_admin: bool)
 
 async def apply_reservation(db, *, event_id: str, order_id: uuid.UUID, reserved: bool,
                             reason: str | None, fulfil_now: bool) -> list[dict]:
-    """pending -> reserved (and, with no fulfilment delay, -> fulfilled) or rejected."""
+    """pending -> reserved (order.reserved) or rejected (order.rejected); with no fulfilment
+    delay, pending -> reserved -> fulfilled, announced by order.fulfilled alone."""
     async with db.transaction() as tx:
         if not await messaging.first_delivery(tx, event_id=event_id, consumer="orders.apply_reservation"):
             return []
+        if reserved and fulfil_now:
+            # No delay to wait for: fulfil in the same transaction instead of one more task
+            # and transaction. History still shows reserved, then fulfilled, but one outcome is
+            # one event (so one mail, not two in the same second): order.fulfilled says it
+            # includes the confirmation, and no order.reserved is written, which nothing
+            # consumes here but notifications (the delayed orders.fulfil route is off).
+            if not await _move(tx, order_id=order_id, to="reserved", reason=None, from_=("pending",)):
+                return []
+            fulfilled = await _transition(tx, order_id=order_id, to="fulfilled", reason=None, from_=("reserved",),
+                                          event_type=events.FULFILLED, extra={events.INCLUDES_CONFIRMATION: True})
+            return [fulfilled[1]]
         result = await _transition(
             tx, order_id=order_id, to="reserved" if reserved else "rejected",
             reason=None if reserved else reason, from_=("pending",),
             event_type=events.RESERVED if reserved else events.REJECTED,
         )
-        if result is None:
-            return []
-        emitted = [result[1]]
-        if reserved and fulfil_now:
-            # No delay to wait for: fulfil in the same transaction instead of one more
-            # task and transaction (history still shows reserved, then fulfilled).
-            fulfilled = await _transition(tx, order_id=order_id, to="fulfilled", reason=None,
-                                          from_=("reserved",), event_type=events.FULFILLED)
-            emitted.append(fulfilled[1])
-        return emitted
+        return [result[1]] if result else []
 
 
 async def fulfil(db, *, event_id: str, order_id: uuid.UUID) -> dict | None:
@@ -244,3 +253,55 @@ async def count_by_status(db) -> list[dict]:
     """Orders by status and reason (a metrics figure)."""
     return await db.fetch_all(
         "SELECT status, coalesce(reason, '') AS reason, count(*) AS n FROM {{tables.orders}} GROUP BY 1, 2")
+
+
+# -- the read model of inventory's catalog --------------------------------------------
+CATALOG = "product_id, sku, name, price_cents, currency, active, version"
+
+
+async def catalog_products(db, *, product_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict]:
+    """What the read model knows of these products (active or not), by id."""
+    rows = await db.fetch_all("SELECT " + CATALOG + " FROM {{tables.catalog}} WHERE product_id = ANY($1::uuid[])",
+                              product_ids)
+    return {row["product_id"]: row for row in rows}
+
+
+async def track_product(db, *, product: dict) -> None:
+    """inventory.product_changed: keep the newest version, whatever order events arrive in."""
+    await db.execute(
+        "INSERT INTO {{tables.catalog}} (" + CATALOG + ") VALUES ($1, $2, $3, $4, $5, $6, $7) "
+        "ON CONFLICT (product_id) DO UPDATE SET sku = EXCLUDED.sku, name = EXCLUDED.name, "
+        "price_cents = EXCLUDED.price_cents, currency = EXCLUDED.currency, active = EXCLUDED.active, "
+        "version = EXCLUDED.version, updated_at = now() WHERE {{tables.catalog}}.version < EXCLUDED.version",
+        uuid.UUID(product["product_id"]), product["sku"], product["name"], int(product["price_cents"]),
+        product["currency"], bool(product["active"]), int(product["version"]),
+    )
+
+
+async def remember_products(db, *, products: list[dict]) -> None:
+    """Products looked up from inventory itself (not heard of yet): version 0, so that any
+    event about them, older or newer, replaces what was read."""
+    await db.execute(
+        "INSERT INTO {{tables.catalog}} (" + CATALOG + ") "
+        "SELECT p, s, n, c, cur, a, 0 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], "
+        "$6::bool[]) AS t(p, s, n, c, cur, a) ON CONFLICT (product_id) DO NOTHING",
+        [uuid.UUID(str(p["id"])) for p in products], [p["sku"] for p in products], [p["name"] for p in products],
+        [int(p["price_cents"]) for p in products], [p["currency"] for p in products],
+        [bool(p["active"]) for p in products],
+    )
+
+
+async def oldest_pending_age(db, *, within_seconds: float) -> float:
+    """Seconds since the oldest order not yet reserved was placed (0 when none waits).
+
+    Only orders placed in the last ``within_seconds`` count: an older one is stranded (a lost
+    message, which reconciliation re-announces), not a backlog that new orders queue behind;
+    a real backlog that old has younger orders waiting too, and they count.
+    """
+    return await db.fetch_value(
+        "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM {{tables.orders}} "
+        "WHERE status = 'pending' AND created_at > now() - make_interval(secs => $1)", float(within_seconds))
+
+
+async def catalog_size(db) -> int:
+    return await db.fetch_value("SELECT count(*) FROM {{tables.catalog}}")

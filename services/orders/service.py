@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import threading
+import time
 import uuid
 
 from infra import pagination, runtime
 from infra.errors import Unavailable, ValidationFailed
 from services.orders import repository
 from services.orders.catalog import catalog
-from services.orders.errors import OrderNotFound
+from services.orders.errors import OrderNotFound, PipelineOverloaded
 
 SCHEMA = "orders"
 
@@ -39,6 +42,7 @@ def place_order(*, user_id: uuid.UUID, lines: list[dict], idempotency_key: str |
     the key looked up: a retry answers the order placed earlier even if its products
     have changed since or inventory is down.
     """
+    _admit()
     request_hash = _request_hash(lines)
     try:
         priced, currency = _price(lines)
@@ -57,11 +61,25 @@ def place_order(*, user_id: uuid.UUID, lines: list[dict], idempotency_key: str |
 
 
 def _price(lines: list[dict]) -> tuple[list[dict], str]:
-    """The lines with the catalog's current names and prices, and their one currency."""
-    products = catalog(runtime.get().settings).products([l["product_id"] for l in lines])
+    """The lines with the catalog's current names and prices, and their one currency.
+
+    Prices come from orders' own read model of the catalog (inventory.product_changed), so
+    placing an order asks inventory nothing and works while it is down. A product the read
+    model has not heard of yet (its event is on its way, or the read model is new) is looked
+    up once from inventory and kept until its events arrive. A stale entry cannot sell what
+    is not there: reservation refuses an unknown or inactive product (``product_unavailable``).
+    """
+    ids = [l["product_id"] for l in lines]
+    products = _run(repository.catalog_products, product_ids=ids)
+    missing = [i for i in dict.fromkeys(ids) if i not in products]
+    if missing:
+        looked_up = catalog(runtime.get().settings).products(missing)
+        if looked_up:
+            _run(repository.remember_products, products=list(looked_up.values()))
+            products.update(looked_up)
     errors = {
         f"items.{i}.product_id": ["Unknown or inactive product."]
-        for i, line in enumerate(lines) if line["product_id"] not in products
+        for i, line in enumerate(lines) if not (products.get(line["product_id"]) or {}).get("active")
     }
     if errors:
         raise ValidationFailed("the order names unknown or inactive products", errors=errors)
@@ -74,6 +92,40 @@ def _price(lines: list[dict]) -> tuple[list[dict], str]:
         for l in lines
     ]
     return priced, currencies.pop()
+
+
+class _Admission:
+    """Admission control: the backlog's age, read at most every ``interval`` seconds per process."""
+
+    interval = 0.25
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.read_at = -math.inf
+        self.age = 0.0
+
+    def backlog_age(self, budget: float) -> float:
+        with self.lock:
+            if time.monotonic() - self.read_at >= self.interval:
+                self.age = _run(repository.oldest_pending_age, within_seconds=10 * budget)
+                self.read_at = time.monotonic()
+            return self.age
+
+
+_admission = _Admission()
+
+
+def _admit() -> None:
+    """Refuse a new order while the oldest one not yet reserved has waited half the budget:
+    one placed now would wait as long before its reservation, and reservation, fulfilment
+    and mails need the other half. ORDER_LATENCY_BUDGET_SECONDS=0 admits everything."""
+    budget = runtime.get().settings.order_latency_budget_seconds
+    if budget <= 0:
+        return
+    age = _admission.backlog_age(budget)
+    if age > budget / 2:
+        raise PipelineOverloaded("the order pipeline is over its latency budget, retry later",
+                                 retry_after=max(1, math.ceil(age - budget / 2)))
 
 
 def get_order(*, order_id: uuid.UUID, user_id: uuid.UUID, is_admin: bool = False) -> dict:
@@ -112,6 +164,15 @@ def expire_reservations(*, limit: int = 500) -> int:
                   limit=limit)
     _publish(*events)
     return len(events)
+
+
+def track_product(*, event: dict) -> None:
+    """inventory.product_changed: keep the read model of the catalog up to date."""
+    _run(repository.track_product, product=event["payload"])
+
+
+def catalog_is_empty() -> bool:
+    return not _run(repository.catalog_size)
 
 
 def settle_stock(*, event: dict) -> None:

@@ -9,6 +9,7 @@ domain = Domain(
         Consumer("orders.apply_reservation", ("inventory.reserved", "inventory.rejected"), service.apply_reservation),
         Consumer("orders.fulfil", ("order.reserved",), service.fulfil_order, delayed=True),
         Consumer("orders.settle_stock", ("inventory.committed", "inventory.released"), service.settle_stock),
+        Consumer("orders.track_product", ("inventory.product_changed",), service.track_product),
     ),
     periodic=(
         Periodic("orders.expire_reservations", service.expire_reservations,

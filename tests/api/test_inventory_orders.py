@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tests.conftest import Live
+from tests.conftest import Live, free_port
 from tests.support import Api, create_product, place, register, wait_for, wait_terminal
 
 PRODUCT_FIELDS = {"id", "sku", "name", "description", "price_cents", "currency", "active", "on_hand",
@@ -524,15 +524,6 @@ def test_a_placed_order_is_202_pending_with_location_prices_from_the_catalog_and
     assert abs((datetime.now(timezone.utc) - created).total_seconds()) < 120
 
 
-def test_an_order_keeps_the_price_it_was_placed_at(api, admin, customer):
-    p = create_product(api, admin, stock=10, price_cents=300)
-    order = place(api, customer, [(p["id"], 1)])
-    api.ok("PATCH", f"/api/inventory/products/{p['id']}", token=admin, json_body={"price_cents": 999})
-    again = api.ok("GET", f"/api/orders/{order['id']}", token=customer)
-    assert again["items"][0]["unit_price_cents"] == 300 and again["total_cents"] == 300
-    assert place(api, customer, [(p["id"], 1)])["total_cents"] == 999
-
-
 def test_an_order_takes_the_currency_of_its_products(api, admin, shopper):
     p = create_product(api, admin, stock=10, price_cents=450, currency="EUR")
     order = place(api, shopper, [(p["id"], 2)])
@@ -590,14 +581,6 @@ def test_an_order_naming_an_unknown_product_is_a_422(api, shopper, product):
     problem = assert_problem(api.call("POST", "/api/orders", token=shopper, json_body=body), 422)
     assert "items.1.product_id" in problem.get("errors", {}), problem
     assert "items.0.product_id" not in problem.get("errors", {}), problem
-
-
-def test_an_order_naming_an_inactive_product_is_a_422(api, admin, shopper):
-    p = create_product(api, admin, stock=10)
-    api.ok("PATCH", f"/api/inventory/products/{p['id']}", token=admin, json_body={"active": False})
-    problem = assert_problem(api.call("POST", "/api/orders", token=shopper, json_body={"items": [line(p["id"])]}),
-                             422)
-    assert "items.0.product_id" in problem.get("errors", {}), problem
 
 
 def test_a_rejected_placement_creates_no_order(api, customer):
@@ -755,20 +738,6 @@ def test_the_same_idempotency_key_with_a_different_body_is_a_422(api, customer, 
     assert [o["id"] for o in api.ok("GET", "/api/orders", token=customer)["items"]] == [first["id"]]
 
 
-def test_a_retry_answers_its_order_even_after_the_product_was_deactivated(api, admin, customer):
-    p = create_product(api, admin, stock=10)
-    key = uuid.uuid4().hex
-    first = place(api, customer, [(p["id"], 1)], key=key)
-    api.ok("PATCH", f"/api/inventory/products/{p['id']}", token=admin, json_body={"active": False})
-    status, _, again = api.call("POST", "/api/orders", token=customer, headers={"Idempotency-Key": key},
-                                json_body={"items": [line(p["id"], 1)]})
-    assert status in (200, 202) and again["id"] == first["id"], again
-    # A new order for it is refused as before.
-    response = api.call("POST", "/api/orders", token=customer, headers={"Idempotency-Key": uuid.uuid4().hex},
-                        json_body={"items": [line(p["id"], 1)]})
-    assert_problem(response, 422, "items.0.product_id")
-
-
 def test_an_idempotency_key_belongs_to_one_user(api, customer, product):
     key = uuid.uuid4().hex
     first = place(api, customer, [(product["id"], 1)], key=key)
@@ -902,3 +871,82 @@ def test_an_order_beyond_stock_is_rejected_out_of_stock_and_cannot_be_cancelled(
     done = wait_terminal(api, customer, order["id"])
     assert (done["status"], done["reason"]) == ("rejected", "out_of_stock")
     assert_problem(cancel(api, customer, order["id"]), 409)
+
+
+# -- orders' read model of the catalog (a worker applies inventory.product_changed) ------
+def read_model(rt, product_id: str) -> dict | None:
+    """What orders' read model of the catalog holds for the product."""
+    from services.orders import repository
+
+    found = rt.db.run(repository.catalog_products, rt.db.manager("orders"), product_ids=[uuid.UUID(product_id)])
+    return found.get(uuid.UUID(product_id))
+
+
+def test_an_order_keeps_the_price_it_was_placed_at(api, admin, customer, rt, live_worker):
+    p = create_product(api, admin, stock=10, price_cents=300)
+    order = place(api, customer, [(p["id"], 1)])
+    api.ok("PATCH", f"/api/inventory/products/{p['id']}", token=admin, json_body={"price_cents": 999})
+    again = api.ok("GET", f"/api/orders/{order['id']}", token=customer)
+    assert again["items"][0]["unit_price_cents"] == 300 and again["total_cents"] == 300
+    wait_for(lambda: (read_model(rt, p["id"]) or {}).get("price_cents") == 999, what="the new price in orders")
+    assert place(api, customer, [(p["id"], 1)])["total_cents"] == 999
+
+
+def test_an_order_naming_an_inactive_product_is_a_422(api, admin, shopper, rt, live_worker):
+    p = create_product(api, admin, stock=10)
+    api.ok("PATCH", f"/api/inventory/products/{p['id']}", token=admin, json_body={"active": False})
+    wait_for(lambda: read_model(rt, p["id"]) and not read_model(rt, p["id"])["active"],
+             what="the deactivation in orders")
+    problem = assert_problem(api.call("POST", "/api/orders", token=shopper, json_body={"items": [line(p["id"])]}),
+                             422)
+    assert "items.0.product_id" in problem.get("errors", {}), problem
+
+
+def test_the_read_model_follows_every_product_change_and_keeps_the_newest(api, admin, rt, live_worker):
+    p = create_product(api, admin, stock=10, price_cents=500)
+    wait_for(lambda: read_model(rt, p["id"]), what="the new product in orders")
+    for price in (501, 502, 503):
+        api.ok("PATCH", f"/api/inventory/products/{p['id']}", token=admin, json_body={"price_cents": price})
+    api.ok("PATCH", f"/api/inventory/products/{p['id']}", token=admin, json_body={"name": "Renamed"})
+    entry = wait_for(lambda: (e := read_model(rt, p["id"])) and e["name"] == "Renamed" and e)
+    assert (entry["price_cents"], entry["version"], entry["active"]) == (503, 5, True)
+    # An older event arriving late (a redelivery) changes nothing.
+    from services.orders import repository
+
+    rt.db.run(repository.track_product, rt.db.manager("orders"),
+              product={"product_id": p["id"], "sku": p["sku"], "name": "Stale", "price_cents": 1,
+                       "currency": "USD", "active": False, "version": 2})
+    assert read_model(rt, p["id"])["name"] == "Renamed"
+
+
+def test_placing_an_order_for_known_products_asks_inventory_nothing(api, admin, customer, rt, live_worker,
+                                                                     stack_env, live_inventory):
+    """With inventory unreachable, products in the read model are still priced and ordered."""
+    p = create_product(api, admin, stock=10, price_cents=700)
+    wait_for(lambda: read_model(rt, p["id"]), what="the new product in orders")
+    port = free_port()  # nothing listens there: inventory is down as far as this orders instance knows
+    orders = Live("orders", {**stack_env, "INVENTORY_URL": f"http://127.0.0.1:{port}"})
+    try:
+        placed = place(Api(orders.url), customer, [(p["id"], 2)])
+        assert placed["total_cents"] == 1400 and placed["status"] == "pending"
+        # A product it has never heard of needs inventory: 503, not a guess.
+        unknown = Api(orders.url).call("POST", "/api/orders", token=customer,
+                                       json_body={"items": [line(str(uuid.uuid4()))]})
+        assert unknown[0] == 503, unknown
+    finally:
+        orders.stop()
+
+
+def test_a_retry_answers_its_order_even_after_the_product_was_deactivated(api, admin, customer, rt, live_worker):
+    p = create_product(api, admin, stock=10)
+    key = uuid.uuid4().hex
+    first = place(api, customer, [(p["id"], 1)], key=key)
+    api.ok("PATCH", f"/api/inventory/products/{p['id']}", token=admin, json_body={"active": False})
+    status, _, again = api.call("POST", "/api/orders", token=customer, headers={"Idempotency-Key": key},
+                                json_body={"items": [line(p["id"], 1)]})
+    assert status in (200, 202) and again["id"] == first["id"], again
+    # A new order for it is refused once orders has heard of the deactivation.
+    wait_for(lambda: not read_model(rt, p["id"])["active"], what="the deactivation in orders")
+    response = api.call("POST", "/api/orders", token=customer, headers={"Idempotency-Key": uuid.uuid4().hex},
+                        json_body={"items": [line(p["id"], 1)]})
+    assert_problem(response, 422, "items.0.product_id")

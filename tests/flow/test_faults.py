@@ -73,7 +73,7 @@ def test_the_same_event_delivered_twice_has_one_effect(rt, gateway, admin):
         orders.apply_reservation(event=answers[1])
         moved = rt.db.run(repository.get_order, rt.db.manager("orders"), order_id=order["id"])
         assert _history(moved) == [("pending", None), ("reserved", None), ("fulfilled", None)]
-        assert outbox_count("orders", order["id"], "order.reserved") == 1
+        assert outbox_count("orders", order["id"], "order.reserved") == 0  # one step, one event: order.fulfilled
         assert outbox_count("orders", order["id"], "order.fulfilled") == 1
         fulfilled = [e for e in collected if e["type"] == "order.fulfilled"]
         assert len(fulfilled) == 1
@@ -129,6 +129,53 @@ def test_a_worker_killed_mid_reservation_completes_the_order_exactly_once(
         orders.stop()
 
 
+def test_a_worker_killed_mid_batch_redoes_only_what_it_had_not_done(
+        rt, database_url, stack_env, gateway, admin, own_broker):
+    """One message carries two orders' order.placed; the worker reserves the first, then
+    waits at the second's row lock and is SIGKILLed. The message comes back whole: the first
+    order's reservation is not made again (its inbox row), the second is made once."""
+    from infra import messaging
+    from services.orders import repository
+    from tests.conftest import celery_broker
+    from workers.celery_app import app
+
+    first, second = create_product(gateway, admin, stock=5), create_product(gateway, admin, stock=5)
+    placed = []
+    for product, quantity in ((first, 2), (second, 3)):
+        line = {"product_id": uuid.UUID(product["id"]), "quantity": quantity, "unit_price_cents": 100, "name": "W"}
+        order, event = rt.db.run(repository.insert_order, rt.db.manager("orders"), user_id=uuid.uuid4(),
+                                 lines=[line], total_cents=100 * quantity, currency="USD", idempotency_key=None,
+                                 request_hash=uuid.uuid4().hex)
+        placed.append((order, event))
+    # This test sends them itself, as one message: no sweep (the session's worker runs one) may.
+    rt.db.run(messaging.mark_published, rt.db.manager("orders"), [event["id"] for _, event in placed])
+    name = f"worker-{uuid.uuid4().hex[:6]}"
+    worker = Worker({**stack_env, "CELERY_BROKER_URL": own_broker}, concurrency=1, SERVICE_NAME=name,
+                    DB_TIMEOUT_SECONDS="40", DB_LOCK_TIMEOUT_MS="60000", DB_STATEMENT_TIMEOUT_MS="60000")
+    try:
+        with product_locked(database_url, second["id"]) as waiting:
+            with celery_broker(app, own_broker):
+                app.send_task("inventory.reserve", args=[[event for _, event in placed]], queue="inventory")
+            wait_for(lambda: [app_name for _, app_name in waiting()] == [f"oms-{name}"],
+                     what="the second reservation to wait at its row lock")
+            assert stock_ledger(rt, [first["id"]])[first["id"]]["reserved"] == 2  # the first is done
+            [pool] = psutil.Process(worker.proc.pid).children()
+            os.kill(pool.pid, signal.SIGKILL)  # inside the second event's transaction
+            pool.wait(10)
+
+        def status(order_id):
+            return rt.db.run(repository.get_order, rt.db.manager("orders"), order_id=order_id)["status"]
+
+        for order, _ in placed:
+            wait_for(lambda: status(order["id"]) == "fulfilled", timeout=60,
+                     what=f"order {order['id']} to be fulfilled\n{worker.log()[-3000:]}")
+        assert_conserved(rt, [first["id"], second["id"]])
+        ledger = stock_ledger(rt, [first["id"], second["id"]])
+        assert (ledger[first["id"]]["on_hand"], ledger[second["id"]]["on_hand"]) == (3, 2)
+    finally:
+        worker.stop()
+
+
 def test_orders_accepted_during_a_broker_outage_all_finish_after_it_returns(
         rt, stack_env, gateway, admin, customer, tmp_path):
     from devtools import embedded
@@ -160,25 +207,35 @@ def test_orders_accepted_during_a_broker_outage_all_finish_after_it_returns(
         broker.stop()
 
 
-def test_with_inventory_down_placing_fails_fast_then_recovers(rt, stack_env, live_worker, gateway, admin, customer):
+def test_with_inventory_down_known_products_are_still_ordered_and_lookups_fail_fast(
+        rt, stack_env, live_worker, gateway, admin, customer):
+    """Orders prices from its read model of the catalog: with inventory's API down, a product
+    it knows is ordered and fulfilled as usual; one it has never heard of needs a lookup,
+    which fails fast behind the breaker, and answers again once inventory is back."""
+    from services.orders import repository
+
     product = create_product(gateway, admin, stock=5)
+    wait_for(lambda: rt.db.run(repository.catalog_products, rt.db.manager("orders"),
+                               product_ids=[uuid.UUID(product["id"])]), what="the product in orders' read model")
     inventory_port = free_port()
     orders = Live("orders", {**stack_env, "INVENTORY_URL": f"http://127.0.0.1:{inventory_port}"},
                   WEB_CONCURRENCY="1", INVENTORY_BREAKER_FAIL_MAX="3", INVENTORY_BREAKER_RESET_SECONDS="2")
     inventory = None
     try:
         api = Api(orders.url)
-        body = {"items": [{"product_id": product["id"], "quantity": 1}]}
+        known = place(api, customer, [(product["id"], 1)])
+        assert wait_terminal(gateway, customer, known["id"])["status"] == "fulfilled"
+        unheard_of = {"items": [{"product_id": str(uuid.uuid4()), "quantity": 1}]}
         for _ in range(3):
-            assert api.call("POST", "/api/orders", token=customer, json_body=body)[0] == 503
+            assert api.call("POST", "/api/orders", token=customer, json_body=unheard_of)[0] == 503
         started = time.monotonic()
-        status, headers, problem = api.call("POST", "/api/orders", token=customer, json_body=body)
+        status, headers, problem = api.call("POST", "/api/orders", token=customer, json_body=unheard_of)
         assert status == 503 and int(headers["Retry-After"]) >= 1 and problem["status"] == 503
         assert time.monotonic() - started < 0.25  # the open breaker answers at once
+        assert place(api, customer, [(product["id"], 1)])["status"] == "pending"  # known: still accepted
         inventory = Live("inventory", stack_env, port=inventory_port, WEB_CONCURRENCY="1")
-        order = wait_for(lambda: (r := api.call("POST", "/api/orders", token=customer, json_body=body))[0] == 202
-                         and r[2], timeout=15, interval=0.5, what="the breaker to close")
-        assert wait_terminal(gateway, customer, order["id"])["status"] == "fulfilled"
+        wait_for(lambda: api.call("POST", "/api/orders", token=customer, json_body=unheard_of)[0] == 422,
+                 timeout=15, interval=0.5, what="the breaker to close and inventory to answer")
     finally:
         if inventory:
             inventory.stop()

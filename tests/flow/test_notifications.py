@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import replace
@@ -11,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import MailSink, free_port
+from tests.conftest import Live, MailSink, Worker, free_port
 from tests.support import Api, admin_token, create_product, place, register, wait_for, wait_terminal
 
 
@@ -40,24 +41,57 @@ def test_registration_sends_a_welcome_mail_listed_as_sent(api, mail_sink):
             "sent_at"} <= set(listed[0])
 
 
-def test_an_order_sends_its_confirmation_and_fulfilment_mails(api, mail_sink):
+def _order_mails(mail_sink, email: str, short: str) -> list:
+    return [m for m in mail_sink.to(email) if short in m["Subject"]]
+
+
+def test_an_order_fulfilled_in_its_reservation_step_sends_one_mail_saying_confirmed_and_fulfilled(api, mail_sink):
     admin = admin_token(api)
     product = create_product(api, admin, stock=5, price_cents=1999, name="Blue <Widget> & Co")
     user = register(api)
     order = place(api, user["access_token"], [(product["id"], 2)])
     assert wait_terminal(api, user["access_token"], order["id"])["status"] == "fulfilled"
-    mails = wait_for(lambda: m if len(m := mail_sink.to(user["email"])) >= 3 else None, what="three mails")
-    subjects = sorted(m["Subject"] for m in mails)
     short = order["id"][:8]
-    assert subjects == sorted(["Welcome, Test", f"Order {short} confirmed", f"Order {short} is on its way"])
-    confirmed = next(m for m in mails if m["Subject"].endswith("confirmed"))
-    text = confirmed.get_body(("plain",)).get_content()
-    html = confirmed.get_body(("html",)).get_content()
+    wait_for(lambda: _order_mails(mail_sink, user["email"], short), what="the order's mail")
+    time.sleep(1.0)  # a second mail of the same step would be here by now
+    [mail] = _order_mails(mail_sink, user["email"], short)
+    assert mail["Subject"] == f"Order {short} confirmed and on its way"
+    text = mail.get_body(("plain",)).get_content()
+    html = mail.get_body(("html",)).get_content()
+    assert f"your order {short} has been confirmed and fulfilled" in text
     assert "2 x Blue <Widget> & Co" in text and "39.98 USD" in text
+    assert "confirmed and fulfilled" in html
     assert "Blue &lt;Widget&gt; &amp; Co" in html  # escaped in HTML, and only there
-    templates = wait_for(lambda: {n["template"] for n in _notifications(api, user["access_token"])
-                                  if n["status"] == "sent"} >= {"welcome", "order_confirmed", "order_fulfilled"})
-    assert templates
+    listed = wait_for(lambda: (n := _notifications(api, user["access_token"]))
+                      and all(x["status"] == "sent" for x in n) and n)
+    assert sorted(n["template"] for n in listed) == ["order_fulfilled", "welcome"]
+
+
+def test_with_a_fulfilment_delay_the_confirmation_and_the_fulfilment_are_two_mails(
+        api, stack_env, mail_sink, own_broker):
+    admin = admin_token(api)
+    product = create_product(api, admin, stock=5, price_cents=1999)
+    user = register(api)
+    wait_for(lambda: mail_sink.to(user["email"]), what="the welcome mail")  # notifications knows the user
+    env = {**stack_env, "CELERY_BROKER_URL": own_broker, "FULFILMENT_DELAY_SECONDS": "1"}
+    orders = Live("orders", env, WEB_CONCURRENCY="1")
+    worker = None
+    try:
+        worker = Worker(env, concurrency=1)
+        private = Api(orders.url)
+        order = place(private, user["access_token"], [(product["id"], 2)])
+        assert wait_terminal(private, user["access_token"], order["id"])["status"] == "fulfilled"
+        short = order["id"][:8]
+        mails = wait_for(lambda: m if len(m := _order_mails(mail_sink, user["email"], short)) >= 2 else None,
+                         what="two mails")
+    finally:
+        if worker:
+            worker.stop()
+        orders.stop()
+    assert sorted(m["Subject"] for m in mails) == [f"Order {short} confirmed", f"Order {short} is on its way"]
+    fulfilled = next(m for m in mails if m["Subject"].endswith("on its way"))
+    text = fulfilled.get_body(("plain",)).get_content()
+    assert f"your order {short} has been fulfilled" in text and "confirmed" not in text
 
 
 # -- in-process deliveries (the task's service function, real SMTP, real database) --------
@@ -253,3 +287,92 @@ def test_the_smtp_session_is_kept_between_mails_and_replaced_when_the_server_dro
     finally:
         transport.close()
         sink.stop()
+
+
+# -- one mail per outcome -------------------------------------------------------------------
+def _fulfilled_payload(**extra) -> dict:
+    order_id = str(uuid.uuid4())
+    return {"order_id": order_id, "user_id": str(uuid.uuid4()), "status": "fulfilled", "reason": None,
+            "total_cents": 3998, "currency": "USD",
+            "items": [{"product_id": str(uuid.uuid4()), "name": "Widget", "quantity": 2, "unit_price_cents": 1999}],
+            **extra}
+
+
+@pytest.mark.parametrize("confirmation", [True, False, None])
+def test_the_fulfilment_says_confirmed_and_fulfilled_only_when_it_includes_the_confirmation(confirmation):
+    from services.notifications import templates
+
+    # None: an order.fulfilled written without the field (a delayed fulfilment, or before it existed).
+    order = _fulfilled_payload(**({} if confirmation is None else {"includes_confirmation": confirmation}))
+    context = {"user": {"name": "Ada", "email": "ada@example.com"}, "order": order, "short_id": order["order_id"][:8]}
+    email = templates.render(templates.BY_EVENT["order.fulfilled"], "email", context)
+    sms = templates.render(templates.BY_EVENT["order.fulfilled"], "sms", context)
+    short = order["order_id"][:8]
+    if confirmation:
+        assert email["subject"] == f"Order {short} confirmed and on its way"
+        wording = f"order {short} has been confirmed and fulfilled"
+    else:
+        assert email["subject"] == f"Order {short} is on its way"
+        wording = f"order {short} has been fulfilled"
+    assert wording in email["body_text"] and wording in email["body_html"] and wording in sms["body_text"]
+    assert "2 x Widget" in email["body_text"] and "39.98 USD" in sms["body_text"]
+
+
+# -- one kept session for a batch ------------------------------------------------------------
+class _SessionSink(_CountingSink):
+    """Also notes the client end (address, port) of the connection each mail came over."""
+
+    def __init__(self):
+        super().__init__()
+        self.peers: list = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.peers.append(session.peer)
+        return await super().handle_DATA(server, session, envelope)
+
+
+class _KeepAliveProvider(_Provider):
+    """An SMS provider that keeps connections open (HTTP/1.1) and notes the client end of each request."""
+
+    protocol_version = "HTTP/1.1"
+    peers: list = []
+
+    def do_POST(self):
+        type(self).peers.append(self.client_address)
+        super().do_POST()
+
+
+def _release_claims(rt, event_id: str) -> None:
+    async def release(db):
+        await db.execute("UPDATE {{tables.notifications}} SET claimed_until = now() - interval '1 second' "
+                         "WHERE event_id = $1", uuid.UUID(event_id))
+
+    rt.db.run(release, rt.db.manager("notifications"))
+
+
+def test_the_mails_and_sms_of_consecutive_events_and_of_a_redelivery_pass_share_one_session_each(rt, transports):
+    from services.notifications import repository, service
+
+    _Provider.answers, _Provider.received, _KeepAliveProvider.peers = [], [], []
+    sink = _SessionSink().start()
+    provider = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveProvider)
+    threading.Thread(target=provider.serve_forever, daemon=True).start()
+    emails = [f"batch-{n}-{uuid.uuid4().hex[:8]}@example.com" for n in range(5)]
+    events = [_registered_event(email, phone="+14155550123") for email in emails]
+    try:
+        with _settings(rt, smtp_port=sink.port, sms_webhook_url=f"http://127.0.0.1:{provider.server_port}/sms",
+                       notification_redeliver_after_seconds=0):
+            for event in events[:3]:  # one task after another in one worker process
+                service.notify(event=event)
+            for event in events[3:]:  # created and claimed by a sender that stopped; the sweep sends them
+                rt.db.run(repository.prepare, rt.db.manager("notifications"), event=event,
+                          render=service._renderer(event))
+                _release_claims(rt, event["id"])
+            service.redeliver_stale()
+            assert [len(sink.to(email)) for email in emails] == [1] * 5
+            assert (sink.sessions, sink.quits, len(set(sink.peers))) == (1, 0, 1), sink.peers
+            assert len(_Provider.received) >= 5 and len(set(_KeepAliveProvider.peers)) == 1, _KeepAliveProvider.peers
+    finally:
+        provider.shutdown()
+        sink.stop()
+    assert sink.quits == 1  # closed when the settings changed back (process stop does the same)

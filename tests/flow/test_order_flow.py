@@ -1,7 +1,9 @@
 """The order flow end to end: gateway -> orders -> outbox -> Celery -> inventory -> orders."""
 from __future__ import annotations
 
+import json
 import threading
+import time
 import uuid
 from collections import Counter
 
@@ -33,6 +35,47 @@ def test_an_order_is_reserved_then_fulfilled_and_stock_leaves(api, admin, custom
     assert [h["status"] for h in done["history"]] == ["pending", "reserved", "fulfilled"]
     after = wait_for(lambda: (p := api.ok("GET", f"/api/inventory/products/{product['id']}"))["reserved"] == 0 and p)
     assert after["on_hand"] == 3 and after["available"] == 3
+
+
+def _events_of(rt, order_id: str) -> dict[str, list[dict]]:
+    """The events orders and inventory wrote for the order, oldest first, by schema."""
+    async def read(db):
+        return await db.fetch_all("SELECT id, event_type, payload FROM {{tables.outbox}} WHERE aggregate_id = $1 "
+                                  "ORDER BY created_at, event_type", uuid.UUID(order_id))
+
+    return {schema: [{**r, "payload": json.loads(r["payload"]) if isinstance(r["payload"], str) else r["payload"]}
+                     for r in rt.db.run(read, rt.db.manager(schema))] for schema in ("orders", "inventory")}
+
+
+def _consumed(rt, event_ids: list) -> Counter:
+    """The tasks that consumed these events (inbox rows, as the bench counts hops), by consumer."""
+    async def read(db):
+        return await db.fetch_all("SELECT consumer FROM {{tables.inbox}} WHERE event_id = ANY($1::uuid[])",
+                                  event_ids)
+
+    return Counter(r["consumer"] for schema in ("orders", "inventory", "notifications")
+                   for r in rt.db.run(read, rt.db.manager(schema)))
+
+
+def test_an_order_reserved_and_fulfilled_in_one_step_announces_the_outcome_once(api, admin, customer, rt):
+    """No fulfilment delay: reservation and fulfilment are one transaction, so order.fulfilled alone
+    announces both (``includes_confirmation``), and the history still shows each step."""
+    product = create_product(api, admin, stock=5)
+    order = place(api, customer, [(product["id"], 1)])
+    done = wait_terminal(api, customer, order["id"])
+    assert [h["status"] for h in done["history"]] == ["pending", "reserved", "fulfilled"]
+    events = wait_for(lambda: (e := _events_of(rt, order["id"]))["inventory"][-1:]
+                      and e["inventory"][-1]["event_type"] == "inventory.committed" and e, what="the commit")
+    assert [e["event_type"] for e in events["orders"]] == ["order.placed", "order.fulfilled"]
+    fulfilled = events["orders"][-1]["payload"]
+    assert (fulfilled["status"], fulfilled["includes_confirmation"]) == ("fulfilled", True)
+
+    ids = [e["id"] for schema in events.values() for e in schema]
+    hops = wait_for(lambda: (c := _consumed(rt, ids))["notifications.notify"] and c["inventory.commit"] and c,
+                    what="the fulfilment's consumers")
+    time.sleep(0.5)  # a task of an event we did not expect would have run by now
+    assert _consumed(rt, ids) == hops == Counter({"inventory.reserve": 1, "orders.apply_reservation": 1,
+                                                  "inventory.commit": 1, "notifications.notify": 1})
 
 
 def test_an_order_beyond_stock_is_rejected_out_of_stock(api, admin, customer, rt):

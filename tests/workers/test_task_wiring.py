@@ -98,14 +98,15 @@ def _event(event_type: str) -> dict:
             "headers": {}}
 
 
-def _event_id(call: Call) -> str | None:
-    return call.args[0].get("id") if call.args and isinstance(call.args[0], dict) else None
+def _delivered(calls: list[Call]) -> list[tuple[dict, Call]]:
+    """(event, the call that carried it): a message carries a list of events."""
+    return [(event, call) for call in calls for event in call.args[0]]
 
 
-def _arrived(received: list[Call], count: int) -> list[Call]:
-    wait_for(lambda: len(received) >= count, timeout=15, what=f"{count} task calls")
+def _arrived(received: list[Call], count: int) -> list[tuple[dict, Call]]:
+    wait_for(lambda: len(_delivered(list(received))) >= count, timeout=15, what=f"{count} deliveries")
     time.sleep(0.5)  # anything beyond the expected would arrive by now
-    return list(received)
+    return _delivered(list(received))
 
 
 # -- (a) every route, exactly ----------------------------------------------------------------
@@ -121,12 +122,30 @@ def test_each_event_becomes_exactly_the_tasks_its_routes_name_with_the_event_as_
         for route in ROUTES.get(event["type"], ()):
             if not route.delayed:  # with no delay, fulfilment happens in the reservation's transaction
                 expected[(event["id"], route.task, route.queue)] += 1
-    calls = _arrived(received, sum(expected.values()))
+    delivered = _arrived(received, sum(expected.values()))
     by_id = {e["id"]: e for e in events}
-    assert Counter((_event_id(c), c.task, c.queue) for c in calls) == expected
-    for call in calls:
-        assert call.args == (by_id[_event_id(call)],) and call.kwargs == {}, call
+    assert Counter((event["id"], c.task, c.queue) for event, c in delivered) == expected
+    for event, call in delivered:
+        assert event == by_id[event["id"]] and len(call.args) == 1 and call.kwargs == {}, call
         assert call.eta is None, call
+    # Events for one consumer that were ready together travelled as one message.
+    assert len(received) == len({(c.task, c.queue) for _, c in delivered}), received
+
+
+def test_a_lone_event_goes_alone_and_at_once(worker, received, publish):
+    event = _event("order.placed")
+    assert publish([event], fulfilment_delay=0) == [event["id"]]
+    [(delivered, call)] = _arrived(received, 1)
+    assert (delivered, call.task, call.args) == (event, "inventory.reserve", ([event],))
+
+
+def test_a_batch_is_cut_at_event_batch_max(worker, received, publish, rt, monkeypatch):
+    monkeypatch.setattr(rt, "settings", replace(rt.settings, event_batch_max=3))
+    events = [_event("order.placed") for _ in range(7)]
+    assert publish(events, fulfilment_delay=0) == [e["id"] for e in events]
+    delivered = _arrived(received, 7)
+    assert sorted(len(call.args[0]) for call in received) == [1, 3, 3]
+    assert [e["id"] for e, _ in sorted(delivered, key=lambda d: events.index(d[0]))] == [e["id"] for e in events]
 
 
 def test_a_delayed_route_is_sent_with_the_fulfilment_delay_and_the_others_without(
@@ -140,9 +159,9 @@ def test_a_delayed_route_is_sent_with_the_fulfilment_delay_and_the_others_withou
     publish(events, fulfilment_delay=delay)
 
     expected = Counter((e["id"], r.task, r.queue, r.delayed) for e in events for r in ROUTES[e["type"]])
-    calls = _arrived(received, sum(expected.values()))
-    assert Counter((_event_id(c), c.task, c.queue, c.eta is not None) for c in calls) == expected
-    for call in calls:
+    delivered = _arrived(received, sum(expected.values()))
+    assert Counter((e["id"], c.task, c.queue, c.eta is not None) for e, c in delivered) == expected
+    for _, call in delivered:
         if call.eta:  # held by the worker until then, not run at once
             assert call.at - sent_at >= delay - 0.05, call
 
@@ -156,6 +175,7 @@ SERVICE_CALLS = {
     "orders.apply_reservation": "services.orders.service.apply_reservation",
     "orders.fulfil": "services.orders.service.fulfil_order",
     "orders.settle_stock": "services.orders.service.settle_stock",
+    "orders.track_product": "services.orders.service.track_product",
     "notifications.notify": "services.notifications.service.notify",
     "notifications.remember_recipient": "services.notifications.service.remember_recipient",
 }
@@ -253,3 +273,50 @@ def test_a_mail_sent_but_not_recorded_goes_with_the_retry_and_is_recorded_not_se
     assert calls[0] == {"event": event}
     assert calls[1] == {"event": event, "outcomes": [["7f1f6a4e-0000-4000-8000-000000000001", "sent", None]]} \
         or calls[1] == {"event": event, "outcomes": [("7f1f6a4e-0000-4000-8000-000000000001", "sent", None)]}
+
+
+# -- (c) a message of several events -----------------------------------------------------------
+def test_a_poisoned_event_in_a_batch_is_dead_lettered_alone_and_its_neighbours_are_handled(
+        eager_app, monkeypatch, rt):
+    from infra import dead_letters
+
+    handled: list[str] = []
+    poison = _event("inventory.committed")
+
+    def settle(*, event):
+        if event["id"] == poison["id"]:
+            raise ValueError("not an order this system knows")
+        handled.append(event["id"])
+
+    _replace_service(monkeypatch, "orders.settle_stock", settle)
+    before, after = _event("inventory.committed"), _event("inventory.released")
+    result = eager_app.tasks["orders.settle_stock"].apply(args=[[before, poison, after]], throw=True)
+    assert result.state == "SUCCESS"
+    assert handled == [before["id"], after["id"]]
+    letters = [row for row in rt.db.run(dead_letters.list_open, rt.db.manager("public"), limit=1000)
+               if row["task_name"] == "orders.settle_stock" and poison["id"] in str(row["args"])]
+    assert len(letters) == 1 and letters[0]["args"] == [poison], letters
+    assert "ValueError" in letters[0]["error"]
+    for neighbour in (before, after):
+        assert not [row for row in rt.db.run(dead_letters.list_open, rt.db.manager("public"), limit=1000)
+                    if neighbour["id"] in str(row["args"])]
+
+
+def test_a_transient_failure_retries_only_the_event_that_failed(eager_app, monkeypatch):
+    from infra.errors import Unavailable
+
+    task = eager_app.tasks["orders.settle_stock"]
+    events = [_event("inventory.committed") for _ in range(3)]
+    attempts: list[tuple[int, str]] = []
+
+    def settle(*, event):
+        attempts.append((task.request.retries, event["id"]))
+        if event["id"] == events[1]["id"] and sum(1 for _, i in attempts if i == event["id"]) <= 2:
+            raise Unavailable("the database is down")
+
+    _replace_service(monkeypatch, "orders.settle_stock", settle)
+    eager_app.conf.task_eager_propagates = False
+    result = task.apply(args=[events])
+    assert result.state == "SUCCESS", result.traceback
+    first, middle, last = (e["id"] for e in events)
+    assert attempts == [(0, first), (0, middle), (0, last), (1, middle), (2, middle)]
