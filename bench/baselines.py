@@ -99,7 +99,7 @@ def pgbench(sup, *, pgbench_path: str, url: str, workdir: Path, clients: list[in
         log(f"  pgbench @{c}: {runs[str(c)]['tps']} tps, p99 {runs[str(c)].get('p99_ms')} ms")
     sql(f"DROP SCHEMA IF EXISTS {PGBENCH_SCHEMA} CASCADE")
     return {"server_version": version, "script": PGBENCH_SCRIPT, "products": products, "runs": runs,
-            "mode": "-M prepared, -j 2"}
+            "mode": "-M prepared, -j 2", "transactions": sum(r.get("logged", 0) for r in runs.values())}
 
 
 # -- (c) the bare chain ------------------------------------------------------------------------
@@ -107,17 +107,18 @@ def pgbench(sup, *, pgbench_path: str, url: str, workdir: Path, clients: list[in
 # The event each pipeline task emits on the happy path (reserved, not rejected): the walk over
 # workers.relay.ROUTES follows these to count the tasks one order causes.
 HAPPY_PATH_EMITS = {"inventory.reserve": "inventory.reserved", "orders.apply_reservation": "order.reserved",
-                    "orders.fulfil": "order.fulfilled"}
+                    "orders.fulfil": "order.fulfilled", "inventory.commit": "inventory.committed"}
 
 
 def pipeline_hops(fulfilment_delay: float = 0.0) -> list[dict]:
     """Every task one placed order causes on the happy path, walked from ``order.placed`` in ROUTES.
 
-    A delayed route is not sent when FULFILMENT_DELAY_SECONDS <= 0 (``send_events`` skips it: the
-    order is fulfilled inline), so it is not counted then, but the event its task would emit is.
+    With FULFILMENT_DELAY_SECONDS <= 0 there is no delayed task: the reservation step fulfils the
+    order and writes order.fulfilled alone, not order.reserved.
     """
     from workers.relay import ROUTES
 
+    emits = {**HAPPY_PATH_EMITS, **({"orders.apply_reservation": "order.fulfilled"} if fulfilment_delay <= 0 else {})}
     hops, frontier, seen = [], ["order.placed"], set()
     while frontier:
         event = frontier.pop(0)
@@ -128,8 +129,8 @@ def pipeline_hops(fulfilment_delay: float = 0.0) -> list[dict]:
             delayed = bool(getattr(route, "delayed", False))
             if not (delayed and fulfilment_delay <= 0):
                 hops.append({"event": event, "task": route.task, "queue": route.queue, "delayed": delayed})
-            if route.task in HAPPY_PATH_EMITS:
-                frontier.append(HAPPY_PATH_EMITS[route.task])
+            if route.task in emits:
+                frontier.append(emits[route.task])
     return hops
 
 
@@ -145,12 +146,16 @@ def observed_hops(consumed: dict[str, int], orders: int) -> list[dict] | None:
 
 
 def chain(sup, *, worker_command: str, env: dict, hops: list[dict], duration: float, in_flight: int,
-          log=print) -> dict:
-    """Keep ``in_flight`` chains going for ``duration`` s; chains finished per second."""
+          batch: int = 1, account=None, log=print) -> dict:
+    """Keep ``in_flight`` chains going for ``duration`` s; chains finished per second, and (``account()``: a
+    ``bench.monitor.CpuAccount``) the CPU over that loop. ``batch`` > 1: the batched chain, as the pipeline
+    batches events: each message carries a list of up to ``batch`` payloads, as many as are ready (chains
+    free to start), and each hop handles them in turn and forwards the list as one message."""
     import redis
     from celery import chain as celery_chain
 
     from bench.chain_app import make_app
+    from bench.monitor import per_unit
 
     app = make_app(env)
     client = redis.Redis.from_url(env["REDIS_URL"])
@@ -159,41 +164,50 @@ def chain(sup, *, worker_command: str, env: dict, hops: list[dict], duration: fl
     zero = "0" * 32
     payload = {"id": zero, "type": "order.placed", "occurred_at": "2024-01-01T00:00:00+00:00", "headers": {},
                "payload": {"order_id": zero, "user_id": zero, "lines": [{"product_id": zero, "quantity": 1}]}}
+    batch = max(1, batch)
+    tasks = ("bench.hop", "bench.last_hop") if batch == 1 else ("bench.batch_hop", "bench.batch_last_hop")
 
-    def send() -> None:
-        celery_chain(*[app.signature("bench.last_hop" if i == len(hops) - 1 else "bench.hop",
-                                     args=(payload,) if i == 0 else (), queue=QUEUE_PREFIX + h["queue"])
-                       for i, h in enumerate(hops)]).apply_async()
+    def send(n: int) -> None:
+        first = payload if batch == 1 else [payload] * n
+        celery_chain(*[app.signature(tasks[i == len(hops) - 1], args=(first,) if i == 0 else (),
+                                     queue=QUEUE_PREFIX + h["queue"]) for i, h in enumerate(hops)]).apply_async()
 
     sup.start("chain-worker", ["/bin/sh", "-c", worker_command], env=env)
     try:
-        send()  # one chain through first, so the worker is consuming before the clock starts
+        send(1)  # one chain through first, so the worker is consuming before the clock starts
         deadline = time.monotonic() + 60
         while done() < 1:
             if time.monotonic() > deadline or not sup.procs["chain-worker"].alive():
                 raise RuntimeError("the chain worker finished no chain:\n" + sup.procs["chain-worker"].log_tail())
             time.sleep(0.1)
         sent = done0 = done()
-        samples, start = [], time.monotonic()
+        samples, messages, start = [], 0, time.monotonic()
+        cpu = account() if account else None
+        if cpu:
+            cpu.start()
         while (now := time.monotonic()) < start + duration:
             finished = done()
             samples.append((now - start, finished - done0))
-            for _ in range(in_flight - (sent - finished)):
-                send()
-                sent += 1
+            while (ready := in_flight - (sent - finished)) > 0:
+                send(n := min(ready, batch))
+                sent, messages = sent + n, messages + 1
             time.sleep(0.005)
         elapsed, finished = time.monotonic() - start, done()
+        cpu = cpu.stop() if cpu else None
         steady = [s for s in samples if s[0] >= duration * 0.1]  # the rate after the first 10% of the run
         rate = ((steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0])
                 if len(steady) > 1 and steady[-1][0] > steady[0][0] else None)
         deadline = time.monotonic() + 60  # let the chains in flight finish: nothing left on the broker
         while done() < sent and time.monotonic() < deadline:
             time.sleep(0.1)
-        log(f"  chain: {rate and round(rate, 1)} chains/s ({len(hops)} hops)")
+        log(f"  chain{'' if batch == 1 else f' batched (<= {batch})'}: {rate and round(rate, 1)} chains/s "
+            f"({len(hops)} hops, {(sent - done0) / max(1, messages):.1f} chains per message)")
         return {"hops": len(hops), "queues": [QUEUE_PREFIX + h["queue"] for h in hops], "in_flight": in_flight,
+                "max_batch": batch, "chains_per_message": round((sent - done0) / max(1, messages), 2),
                 "duration_s": round(elapsed, 2), "chains_finished": finished - done0,
                 "chains_per_s": rate and round(rate, 1), "tasks_per_s": rate and round(rate * len(hops), 1),
-                "all_finished": done() >= sent, "sent": sent - done0, "worker_command": worker_command}
+                "all_finished": done() >= sent, "sent": sent - done0, "worker_command": worker_command,
+                "cpu": cpu, "cpu_per_unit": per_unit(cpu, finished - done0, "chain")}
     finally:
         sup.stop("chain-worker", timeout=60)
         for key in client.scan_iter(match=QUEUE_PREFIX + "*"):

@@ -2,7 +2,8 @@
 
 Same broker and settings as the real workers (``config.celery.celery_config``); the queues
 are the pipeline's with a ``bench-`` prefix, so the two never mix. The last hop counts the
-finished chain in Redis. ``celery -A bench.chain_app:app worker`` (see baselines.chain).
+finished chain in Redis; the batched chain's tasks take a list of events. ``celery -A
+bench.chain_app:app worker`` (see baselines.chain).
 """
 from __future__ import annotations
 
@@ -27,6 +28,12 @@ app = make_app(os.environ)
 _redis: list = []
 
 
+def _count(n: int) -> None:
+    if not _redis:
+        _redis.append(redis.Redis.from_url(load_settings().redis_url))
+    _redis[0].incrby(DONE_KEY, n)
+
+
 @app.task(name="bench.hop", acks_late=True, reject_on_worker_lost=True)
 def hop(event: dict) -> dict:
     return event
@@ -34,6 +41,15 @@ def hop(event: dict) -> dict:
 
 @app.task(name="bench.last_hop", acks_late=True, reject_on_worker_lost=True)
 def last_hop(event: dict) -> None:
-    if not _redis:
-        _redis.append(redis.Redis.from_url(load_settings().redis_url))
-    _redis[0].incr(DONE_KEY)
+    _count(1)
+
+
+# The batched chain: one message carries a list of events, each handled in turn, forwarded as one list.
+@app.task(name="bench.batch_hop", acks_late=True, reject_on_worker_lost=True)
+def batch_hop(events: list[dict]) -> list[dict]:
+    return [hop.run(event) for event in events]
+
+
+@app.task(name="bench.batch_last_hop", acks_late=True, reject_on_worker_lost=True)
+def batch_last_hop(events: list[dict]) -> None:
+    _count(len(events))

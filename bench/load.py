@@ -46,7 +46,7 @@ def wrk(sup, *, name: str, url: str, connections: int, duration: float, env: dic
     return _summary("wrk", raw["requests"], raw["duration_us"] / 1e6, {int(k): v for k, v in raw["statuses"].items()},
                     {k: raw["errors"][k] for k in ("connect", "read", "write", "timeout")},
                     {k: round(v / 1000.0, 2) for k, v in raw["latency_us"].items()},
-                    argv=argv, connections=connections, threads=threads)
+                    retry_after_503=raw.get("retry_after_503", 0), argv=argv, connections=connections, threads=threads)
 
 
 def paced(*, base_url: str, tokens: list[str], products: list[str], rate: float, duration: float, run_id: str,
@@ -60,6 +60,7 @@ def paced(*, base_url: str, tokens: list[str], products: list[str], rate: float,
     http = urllib3.PoolManager(maxsize=max_workers, retries=False, timeout=urllib3.Timeout(connect=2, read=15))
     total = max(1, int(rate * duration))
     statuses, errors, latencies, lock = Counter(), Counter(), [], threading.Lock()
+    retry_after = Counter()  # 503 answers with a Retry-After header (admission control)
     rng = random.Random(42)
     plan = [(tokens[i % len(tokens)], rng.choice(products), rng.randint(1, max_qty)) for i in range(total)]
     start = time.monotonic() + 0.2
@@ -73,6 +74,7 @@ def paced(*, base_url: str, tokens: list[str], products: list[str], rate: float,
             r = http.request("POST", base_url + "/api/orders", body=body, headers=headers)
             with lock:
                 statuses[r.status] += 1
+                retry_after[503] += r.status == 503 and "Retry-After" in r.headers
                 latencies.append(time.monotonic() - (start + i / rate))
         except urllib3.exceptions.HTTPError as exc:
             with lock:
@@ -91,7 +93,7 @@ def paced(*, base_url: str, tokens: list[str], products: list[str], rate: float,
                        ("max", max(latencies, default=None)))}
     # Every planned order is a request: those that got no answer are errors, by kind in socket_errors.
     out = _summary("bench.load.paced (open loop)", total, time.monotonic() - start, dict(statuses), {}, ms,
-                   target_rate=rate, sent_late=late)
+                   target_rate=rate, sent_late=late, retry_after_503=retry_after[503])
     return {**out, "socket_errors": dict(errors)}
 
 

@@ -17,6 +17,9 @@ from bench.pg import PgClient
 
 NOT_APP = ("bench-monitor", "pgbench", "bench-sampler")  # connections that are the bench's
 LOAD_GENERATORS = "load generators (wrk, pgbench, locust)"
+PROFILER = "profiler (py-spy)"
+BENCH_PG = "postgres (bench's queries)"  # backends of the bench's own connections (application_name bench-*)
+HARNESS = ("bench", LOAD_GENERATORS, PROFILER, BENCH_PG)  # not the system under test: left out of its CPU
 
 # What asyncpg sends when a pooled connection is released (Connection.reset, _get_reset_query).
 RESET = re.compile(r"^\s*(RESET\s+ALL\b|CLOSE\s+ALL\b|UNLISTEN\s+\*|DISCARD\s+ALL\b)|pg_advisory_unlock_all\s*\(", re.I)
@@ -84,12 +87,20 @@ class CpuAccount:
     each lead one), and the embedded PostgreSQL (``pg_pid``, detached); children that exited
     meanwhile show in their parent's children times (the bench's: the load generators; the
     postmaster's: its backends). ``claim`` moves reaped helpers (py-spy) out of the load generators.
+    PostgreSQL's processes are told apart by ``pg_backends()`` ({pid: (backend_type, application_name)},
+    from pg_stat_activity): client backends are "postgres", the bench's own ``BENCH_PG``, the rest
+    (postmaster, checkpointer, WAL writer, autovacuum, I/O workers) "postgres (background)".
     """
 
-    def __init__(self, pg_pid: int | None, names):
+    def __init__(self, pg_pid: int | None, names, pg_backends=dict):
         self.roots = [os.getpid()] + ([pg_pid] if pg_pid else [])
-        self.names = names
+        self.names, self.pg_backends = names, pg_backends
         self.claimed: dict[str, float] = {}
+
+    def _pg_label(self, backend) -> str:
+        if backend is None or backend[0] != "client backend":
+            return "postgres (background)"
+        return BENCH_PG if (backend[1] or "").startswith("bench") else "postgres"
 
     def claim(self, label: str, seconds: float) -> None:
         self.claimed[label] = self.claimed.get(label, 0.0) + seconds
@@ -99,6 +110,10 @@ class CpuAccount:
         busy = t.user + t.nice + t.system  # what processes' times add up to; interrupts are no one's
         busy_all = busy + t.irq + t.softirq + t.steal
         me, groups = os.getpid(), self.names()
+        try:
+            backends = self.pg_backends() if len(self.roots) > 1 else {}
+        except Exception:  # an unreadable pg_stat_activity: PostgreSQL's CPU is all "background"
+            backends = {}
         ours: dict[int, tuple[float, str]] = {}
         reaped: Counter = Counter()
         for root in self.roots:
@@ -110,12 +125,14 @@ class CpuAccount:
             for p in procs:
                 try:
                     c = p.cpu_times()
-                    label = ("postgres" if root != me else "bench" if p.pid == me
+                    label = (self._pg_label(backends.get(p.pid)) if root != me else "bench" if p.pid == me
                              else groups.get(os.getpgid(p.pid), "bench"))
                 except (psutil.Error, OSError):
                     continue
                 ours[p.pid] = (c.user + c.system, label)
-                reaped[LOAD_GENERATORS if p.pid == me else label] += c.children_user + c.children_system
+                # Exited children: the bench's are the load generators, the postmaster's its backends.
+                parent = LOAD_GENERATORS if p.pid == me else "postgres" if p.pid == root != me else label
+                reaped[parent] += c.children_user + c.children_system
         others = {}
         for p in psutil.process_iter(["cmdline", "name", "cpu_times"]):
             c = p.info["cpu_times"]
@@ -148,9 +165,24 @@ class CpuAccount:
             return {"seconds": 0}
         per_s = lambda x, nd=2: round(x / seconds, nd)  # noqa: E731
         return {"seconds": round(seconds, 1), "machine_busy_cores": per_s(all1 - all0), "ours_cores": per_s(ours),
+                "system_cores": per_s(sum(v for k, v in by_label.items() if k not in HARNESS)),
                 "other_processes_cores": per_s(max(0.0, busy1 - busy0 - ours)),
                 "other_top": [{"cmd": n, "cores": per_s(c, 3)} for n, c in named.most_common(3)],
-                "ours_by_process": {k: per_s(v) for k, v in by_label.most_common() if v / seconds >= 0.005}}
+                "ours_by_process": {k: per_s(v) for k, v in by_label.most_common() if v / seconds >= 0.005},
+                "seconds_by_process": {k: round(v, 3) for k, v in by_label.most_common()}}
+
+
+def per_unit(cpu: dict | None, units, unit: str) -> dict | None:
+    """CPU ms per ``unit`` from a CpuAccount result: the system under test's processes summed (``HARNESS``
+    left out) and one by one; ``all_ms`` also counts the load generators, the bench and the profiler."""
+    seconds = (cpu or {}).get("seconds_by_process")
+    if not seconds or not units:
+        return None
+    ms = lambda s: round(1000 * s / units, 3)  # noqa: E731
+    return {"unit": unit, "units": units, "system_ms": ms(sum(v for k, v in seconds.items() if k not in HARNESS)),
+            "all_ms": ms(sum(seconds.values())),
+            "by_process_ms": {k: ms(v) for k, v in seconds.items() if k not in HARNESS},
+            "harness_ms": {k: ms(v) for k, v in seconds.items() if k in HARNESS}}
 
 
 class DbWork:

@@ -68,7 +68,8 @@ def order_timelines(db: PgClient, t0, t1, users: list[str]) -> list[dict]:
         if o["fulfilled_at"] is not None and not m["not_sent"]:
             done = max(o["fulfilled_at"], m["last_sent"]) if m["last_sent"] else o["fulfilled_at"]
         out.append({"status": o["status"], "created": o["created_at"], "fulfilled": o["fulfilled_at"],
-                    "last_sent": m["last_sent"], "done": done, "notifications": m["notifications"]})
+                    "last_sent": m["last_sent"], "done": done, "notifications": m["notifications"],
+                    "not_sent": m["not_sent"]})
     return out
 
 
@@ -77,7 +78,9 @@ def pipeline_window(db: PgClient, t0, t1, users: list[str], *, trim_s: float) ->
 
     accepted/s counts orders created in the window; fulfilled/s orders whose 'fulfilled' history row
     falls in it; done/s orders whose last step (fulfilment or the last notification sent) does. A
-    growing backlog shows as the latter trailing the first: sustained = both within 5% of accepted/s.
+    growing backlog shows as the latter trailing the first: sustained = both within 5% of accepted/s and
+    every notification sent. ``over_time``: per second of creation, orders placed and their latency to
+    fulfilled.
     """
     w0 = db.fetchval("SELECT $1::timestamptz + make_interval(secs => $2)", t0, float(trim_s))
     seconds = (t1 - w0).total_seconds()
@@ -88,14 +91,20 @@ def pipeline_window(db: PgClient, t0, t1, users: list[str], *, trim_s: float) ->
     gap = lambda n: round((accepted - n) / accepted, 4) if accepted else None  # noqa: E731
     since = lambda key: latency_summary([(o[key] - o["created"]).total_seconds() for o in lines if o[key]])  # noqa
     statuses: dict[str, int] = {}
+    buckets: dict[int, list[dict]] = {}
     for o in lines:
         statuses[o["status"]] = statuses.get(o["status"], 0) + 1
+        buckets.setdefault(int((o["created"] - t0).total_seconds()), []).append(o)
+    unsent = sum(o["not_sent"] for o in lines)
+    over_time = [{"t": t, "placed": len(os_), **latency_summary([(o["fulfilled"] - o["created"]).total_seconds()
+                                                                  for o in os_ if o["fulfilled"]])}
+                 for t, os_ in sorted(buckets.items())]
     return {
         "window_s": round(seconds, 2), "trim_s": trim_s, "accepted": accepted, "fulfilled": fulfilled, "done": done,
         "accepted_per_s": rate(accepted), "fulfilled_per_s": rate(fulfilled), "done_per_s": rate(done),
-        "backlog_gap": gap(fulfilled), "done_gap": gap(done),
-        "sustained": all(g is not None and abs(g) <= 0.05 for g in (gap(fulfilled), gap(done))),
-        "orders_placed": len(lines), "final_status": statuses,
+        "backlog_gap": gap(fulfilled), "done_gap": gap(done), "notifications_not_sent": unsent,
+        "sustained": all(g is not None and abs(g) <= 0.05 for g in (gap(fulfilled), gap(done))) and not unsent,
+        "orders_placed": len(lines), "final_status": statuses, "over_time": over_time,
         "placement_to_fulfilled": since("fulfilled"), "placement_to_last_notification": since("last_sent"),
         "placement_to_done": since("done"),
         "notifications_per_order": round(sum(o["notifications"] for o in lines) / len(lines), 2) if lines else None,
@@ -119,12 +128,16 @@ def drain_rate(db: PgClient, t0, t1, users: list[str], *, started) -> dict:
 
 
 def inbox_between(db: PgClient, t0, t1) -> dict:
-    """Messages consumed (inbox rows) per consumer in [t0, t1): the hops actually taken."""
+    """Messages consumed (inbox rows) per consumer in [t0, t1): the hops actually taken. orders.settle_stock
+    keeps no inbox row (it sets the order's stock_settled_at, which is idempotent): one per order settled."""
     out: dict[str, int] = {}
     for schema in INBOX_SCHEMAS:
         for r in db.fetch(f"SELECT consumer, count(*) AS n FROM {schema}.inbox "
                           "WHERE received_at >= $1 AND received_at < $2 GROUP BY consumer", t0, t1):
             out[r["consumer"]] = out.get(r["consumer"], 0) + r["n"]
+    if settled := db.fetchval("SELECT count(*) FROM orders.orders WHERE stock_settled_at >= $1 "
+                              "AND stock_settled_at < $2", t0, t1):
+        out["orders.settle_stock"] = out.get("orders.settle_stock", 0) + settled
     return out
 
 

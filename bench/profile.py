@@ -3,8 +3,8 @@
 ``py-spy record --gil --nonblocking``: only samples in which a thread holds the GIL (CPU time
 running Python; waits and C code that releases the GIL are not in it), without pausing the
 targets, so the phase's figures stay what they would be without the profiler, which costs
-only its own CPU (claimed under ``CPU_LABEL`` in the phase's CPU account). The targets are the
-processes that do the work: each HTTP service's gunicorn workers (not the master), the Celery
+only its own CPU (claimed under ``bench.monitor.PROFILER`` in the phase's CPU account). The
+targets are the processes that do the work: each HTTP service's gunicorn workers (not the master), the Celery
 worker's main process (it consumes and dispatches) and its pool children. Sampling starts
 after the phase's warm-up and ends before the phase does; raw stacks stay beside the report.
 """
@@ -27,7 +27,6 @@ RATE = 100  # samples per second, py-spy's default
 # The Procfile processes on the profiled phases' paths; users, notifications and beat do next to
 # nothing there, and each py-spy costs about 0.015 core of a 2-core machine.
 PROFILED = ("gateway", "orders", "inventory", "worker")
-CPU_LABEL = "profiler (py-spy)"
 TINY_SHARE = 0.02  # fewer samples than this share of the window's ticks: nothing worth a table
 END_MARGIN_S = 1.0  # py-spy stops this long before the phase does
 

@@ -5,13 +5,15 @@ diffs the database's counters, then pauses (--settle) so backends flush their st
 read and placement at the reference client count and the paced run are profiled (py-spy).
 
   setup      servers, migrations, admin, the Procfile's processes, products, users, probe orders
-  baselines  hello-world gunicorn, pgbench order transaction, bare Celery chain
+  baselines  hello-world gunicorn, pgbench order transaction, bare Celery chain unbatched and batched
   read       GET /api/inventory/products/{id} through the gateway, wrk @ each client count
   pipeline   orders through the gateway, everything running, wrk @ each client count, then a drain
-  paced      orders at a fixed rate (default: the target, 0.5 x the chain's rate), open loop
+  paced      orders at a fixed rate (default: the target, 1.0 x the unbatched chain's rate), open loop
+  overload   orders through the gateway, wrk @ 64 clients (--overload-clients), everything running:
+             accepted (202) and refused (503 + Retry-After), accepted orders' latency, none lost
   mixed      the locust mix (tests/locustfile.py)
-  placement  orders with the Celery worker and beat stopped, wrk @ each client count; then the
-             backlog drain: the workers again, no HTTP load
+  placement  orders with the Celery worker and beat stopped and admission control off, wrk @ each
+             client count; then the backlog drain: the workers again, no HTTP load
   checks     stock conserved, nothing reserved, every order terminal, no dead letters, outbox
              published, notifications sent
 
@@ -38,7 +40,7 @@ import tempfile
 import time
 import traceback
 import uuid
-from contextlib import ExitStack
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -48,13 +50,13 @@ import psutil
 from bench import baselines, load, orders_db, profile, report
 from bench.api import Api, Users
 from bench.mailsink import received
-from bench.monitor import ConnectionSampler, CpuAccount, DbWork
+from bench.monitor import PROFILER, ConnectionSampler, CpuAccount, DbWork, per_unit
 from bench.pg import PgClient, database_of, with_database
 from bench.procs import ROOT, Supervisor, ignore_signals, install_signal_handlers
 from bench.stack import Stack, free_port, wait_http
 from config.settings import load_settings
 
-SCENARIOS = ["baselines", "read", "pipeline", "paced", "mixed", "placement"]
+SCENARIOS = ["baselines", "read", "pipeline", "paced", "overload", "mixed", "placement"]
 RESULTS = ROOT / "bench" / "results"
 ADMIN_PASSWORD = "bench admin password"
 WARMUP_S = 5  # unmeasured load before the read and hello-world measurements
@@ -83,7 +85,8 @@ def parse_args(argv: list[str] | None) -> dict:
     p.add_argument("--users", type=int, default=100, help="customers to register; orders rotate over their tokens")
     p.add_argument("--products", type=int, default=50, help=f"products to seed, {STOCK:,} units each")
     p.add_argument("--paced-rate", type=float, default=float(env("BENCH_PACED_RATE") or 0),
-                   help="orders/s of the open-loop pipeline run (default: 0.5 x the chain baseline)")
+                   help="orders/s of the open-loop pipeline run (default: the target, 1.0 x the unbatched chain)")
+    p.add_argument("--overload-clients", type=int, default=64, help="closed-loop clients of the overload run")
     p.add_argument("--locust-users", type=int, default=20)
     p.add_argument("--drain-timeout", type=float, default=300,
                    help="seconds to wait for a pipeline run's orders to finish")
@@ -105,9 +108,9 @@ def parse_args(argv: list[str] | None) -> dict:
     return {"run_id": uuid.uuid4().hex[:8], "duration": a.duration, "baseline_duration": min(a.duration, 15.0),
             "clients": [int(c) for c in a.clients.split(",") if c.strip()], "scenarios": scenarios,
             "users": a.users, "products": a.products, "stock": STOCK, "max_qty": MAX_QTY,
-            "paced_rate": a.paced_rate or None, "hello_connections": HELLO_CONNECTIONS,
-            "chain_in_flight": CHAIN_IN_FLIGHT, "locust_users": a.locust_users, "drain_timeout": a.drain_timeout,
-            "backlog_timeout": BACKLOG_TIMEOUT, "settle": a.settle,
+            "paced_rate": a.paced_rate or None, "overload_clients": a.overload_clients,
+            "hello_connections": HELLO_CONNECTIONS, "chain_in_flight": CHAIN_IN_FLIGHT, "locust_users": a.locust_users,
+            "drain_timeout": a.drain_timeout, "backlog_timeout": BACKLOG_TIMEOUT, "settle": a.settle,
             "trim": a.trim if a.trim is not None else min(2.0, a.duration / 5), "profile": not a.no_profile,
             "out": a.out, "keep": a.keep}
 
@@ -133,40 +136,51 @@ class Bench:
         return path
 
     # -- measuring -------------------------------------------------------------------------
-    def measure(self, name: str, fn, *, unit: str | None = None, units=None) -> dict:
-        """``fn()`` with the CPU every process used meanwhile (and a profile, see ``profiler``). With a
-        ``unit``, a phase: connections sampled, and after a settle pause the database's counters diffed
-        per ``units(result)``; it goes into the results' phases."""
-        if unit:
-            log(f"phase {name}")
-            before = self.work.snapshot()
-        cpu = CpuAccount(self.stack.embedded_pg.pid if self.stack.embedded_pg else None, lambda: {
-            **{s.pid: s.name for s in self.sup.servers}, **{p.pid: n for n, p in self.sup.procs.items()}})
-        prof = self.profiler(name)
-        with ExitStack() as phase:
-            sampler = phase.enter_context(ConnectionSampler(self.stats.url, self.database)) if unit else None
-            cpu.start()
-            if prof:
-                phase.enter_context(prof)
-            result = fn()
-        if prof:
-            cpu.claim(profile.CPU_LABEL, prof.cpu_seconds)
-            result["profile"] = prof.summary(self.sup.logs)
-            if errors := result["profile"]["errors"]:
-                more = f" (and {len(errors) - 1} more)" if errors[1:] else ""
-                self.warn(f"{name}: py-spy failed: {errors[0]}{more}")
-        result["cpu"] = c = cpu.stop()
+    def cpu_account(self) -> CpuAccount:
+        """CPU by process between its ``start`` and ``stop``: each child by its process group's name, the
+        embedded servers, PostgreSQL's backends told from its background processes and the bench's queries."""
+        return CpuAccount(self.stack.embedded_pg.pid if self.stack.embedded_pg else None, lambda: {
+            **{s.pid: s.name for s in self.sup.servers}, **{p.pid: n for n, p in self.sup.procs.items()}},
+            pg_backends=lambda: {r["pid"]: (r["backend_type"], r["application_name"]) for r in self.stats.fetch(
+                "SELECT pid, backend_type, application_name FROM pg_stat_activity")})
+
+    def check_cpu(self, name: str, c: dict) -> None:
         if c.get("other_processes_cores", 0) > 0.1:
             named = ", ".join(f"{t['cmd'][:60]} {t['cores']}" for t in c["other_top"])
             if (unnamed := c["other_processes_cores"] - sum(t["cores"] for t in c["other_top"])) > 0.1:
                 named += f"; {unnamed:.2f} by short-lived processes"  # started and ended within the phase
             self.warn(f"{name}: other programs used {c['other_processes_cores']} cores meanwhile ({named}): "
                       "its figures are disturbed")
+
+    def measure(self, name: str, fn, *, unit: str | None = None, units=None) -> dict:
+        """``fn()`` with the CPU every process used meanwhile (and a profile, see ``profiler``). With a
+        ``unit``, a phase: connections sampled, and after a settle pause the database's counters and the
+        CPU per ``units(result)``; it goes into the results' phases."""
+        if unit:
+            log(f"phase {name}")
+            before = self.work.snapshot()
+        cpu, prof = self.cpu_account(), self.profiler(name)
+        # The sampler's connection stays open until the CPU is counted, so its backend is told apart.
+        with ConnectionSampler(self.stats.url, self.database) if unit else nullcontext() as sampler:
+            cpu.start()
+            with prof or nullcontext():
+                result = fn()
+            if prof:
+                cpu.claim(PROFILER, prof.cpu_seconds)
+            result["cpu"] = c = cpu.stop()
+        if prof:
+            result["profile"] = prof.summary(self.sup.logs)
+            if errors := result["profile"]["errors"]:
+                more = f" (and {len(errors) - 1} more)" if errors[1:] else ""
+                self.warn(f"{name}: py-spy failed: {errors[0]}{more}")
+        self.check_cpu(name, c)
         if not unit:
             return result
         result["connections"] = sampler.summary()
         time.sleep(self.cfg["settle"])  # backends flush statistics when idle, at the latest 10 s later
-        result["db_work"] = self.work.delta(before, self.work.snapshot(), units=units(result), unit=unit)
+        n = units(result)
+        result["cpu_per_unit"] = per_unit(c, n, unit)
+        result["db_work"] = self.work.delta(before, self.work.snapshot(), units=n, unit=unit)
         if dead := self.stack.check_alive():
             self.warn(f"processes died during {name}: {dead}")
         self.results["phases"][name] = result
@@ -194,6 +208,9 @@ class Bench:
         log("starting servers")
         stack.start_servers()
         self.env = stack.build_env()
+        self.results["cpu_not_covered"] = [f"{what} (the server in {var})" for what, var, server in (
+            ("PostgreSQL", "DATABASE_URL", stack.embedded_pg), ("Redis", "REDIS_URL", stack.embedded_redis))
+            if not server]
         self.database = database_of(stack.database_url)
         self.db, self.stats = PgClient(stack.database_url), PgClient(with_database(stack.database_url, "postgres"))
         self.work = DbWork(self.stats, self.database, stack.pgss["enabled"])
@@ -283,7 +300,8 @@ class Bench:
                 h = out["hello"] = self.measure("hello", lambda: load.wrk(
                     self.sup, name="wrk-hello", url=url, connections=HELLO_CONNECTIONS,
                     duration=cfg["baseline_duration"], env=self.env, mode="plain", products_file=hello_file))
-                h.update(command=command, settings={k: env.get(k) for k in ("WEB_CONCURRENCY", "GUNICORN_THREADS")})
+                h.update(command=command, settings={k: env.get(k) for k in ("WEB_CONCURRENCY", "GUNICORN_THREADS")},
+                         cpu_per_unit=per_unit(h["cpu"], h["requests"], "request"))
                 log(f"  hello @{HELLO_CONNECTIONS}: {h['rps']} req/s, p99 {h['latency_ms']['p99']} ms")
             finally:
                 self.sup.stop("hello")
@@ -295,17 +313,22 @@ class Bench:
                 self.sup, pgbench_path=self.stack.pgbench_path(), url=self.db.url, workdir=self.workdir,
                 clients=self.clients, duration=cfg["baseline_duration"], products=cfg["products"], env=self.env,
                 log=log))
+            out["pgbench"]["cpu_per_unit"] = per_unit(out["pgbench"]["cpu"], out["pgbench"]["transactions"],
+                                                      "transaction")
         except Exception as exc:
             self.warn(f"pgbench baseline failed: {exc}")
         hops = self.hops()
         if "worker" not in self.stack.celery:
             return
-        try:  # (c) bare chain, with the real workers stopped so it has the machine the pipeline has
-            log(f"baseline: bare Celery chain of {len(hops)} hops")
+        try:  # (c) bare chain, unbatched then batched, with the real workers stopped: the machine is the pipeline's
+            log(f"baseline: bare Celery chain of {len(hops)} hops, unbatched and batched")
             self.stack.stop_workers()
-            out["chain"] = self.measure("chain", lambda: baselines.chain(
-                self.sup, worker_command=baselines.chain_worker_command(self.stack.celery["worker"]), env=self.env,
-                hops=hops, duration=cfg["baseline_duration"], in_flight=CHAIN_IN_FLIGHT, log=log))
+            for key, batch in (("chain", 1), ("chain_batched", load_settings(self.env).event_batch_max)):
+                out[key] = baselines.chain(
+                    self.sup, worker_command=baselines.chain_worker_command(self.stack.celery["worker"]),
+                    env=self.env, hops=hops, duration=cfg["baseline_duration"], in_flight=CHAIN_IN_FLIGHT,
+                    batch=batch, account=self.cpu_account, log=log)
+                self.check_cpu(key, out[key]["cpu"] or {})
         except Exception as exc:
             self.warn(f"chain baseline failed: {exc}")
         finally:
@@ -337,6 +360,9 @@ class Bench:
     def pipeline_phase(self, name: str, generate) -> None:
         """Orders from ``generate()`` with everything running, then a drain; rates and latencies from the database."""
         users = self.users.ids()
+        if not self.stack.workers_running():
+            self.stack.start_workers()
+            self.probe_pipeline()
 
         def go():
             t0 = orders_db.db_now(self.db)
@@ -357,16 +383,19 @@ class Bench:
         self.measure(name, go, unit="fulfilled order", units=lambda r: r["db"]["final_status"].get("fulfilled", 0))
 
     def run_pipeline(self) -> None:
-        if not self.stack.workers_running():
-            self.stack.start_workers()
-            self.probe_pipeline()
         for c in self.clients:
             tokens = self.tokens_file()
             self.pipeline_phase(f"pipeline@{c}", lambda c=c, tokens=tokens: self.place("pipeline", c, tokens))
 
+    def run_overload(self) -> None:
+        """Closed loop above what the pipeline sustains: admission control accepts (202) what it can fulfil
+        within ORDER_LATENCY_BUDGET_SECONDS and refuses the rest (503 + Retry-After)."""
+        c, tokens = self.cfg["overload_clients"], self.tokens_file()
+        self.pipeline_phase(f"overload@{c}", lambda: self.place("overload", c, tokens))
+
     def run_paced(self) -> None:
         chain = self.results.get("baselines", {}).get("chain", {}).get("chains_per_s")
-        if not (rate := self.cfg["paced_rate"] or (chain and round(0.5 * chain, 1))):
+        if not (rate := self.cfg["paced_rate"] or (chain and round(report.TARGETS["pipeline_ratio"] * chain, 1))):
             self.warn("paced pipeline skipped: no rate (no chain baseline and no --paced-rate)")
             return
         self.tokens_file()  # refreshes tokens that could expire during the run
@@ -391,6 +420,8 @@ class Bench:
     def run_placement(self) -> None:
         users, first = self.users.ids(), None
         self.stack.stop_workers()
+        # Placement alone: admission control would refuse orders once the first waited half the budget.
+        self.stack.restart_http("orders", ORDER_LATENCY_BUDGET_SECONDS="0")
         for c in self.clients:
             tokens = self.tokens_file()
 
@@ -418,6 +449,7 @@ class Bench:
                                                                                   orders_db.db_now(self.db))}
 
         self.measure("backlog-drain", drain, unit="fulfilled order", units=lambda r: r["rate"]["fulfilled"])
+        self.stack.restart_http("orders")
 
     def run_checks(self) -> None:
         d = orders_db.drain(self.db, self.run_start, timeout=self.cfg["drain_timeout"])
@@ -606,6 +638,12 @@ def main(argv: list[str] | None = None) -> int:
         results["evaluation"] = report.evaluate(results, cfg["clients"])
     except Exception as exc:
         results["evaluation_error"] = repr(exc)
+    try:
+        from bench import plots  # matplotlib: requirements-bench.txt
+
+        results["plots"] = plots.render(results, out_dir / f"{stamp}-plots")
+    except Exception as exc:
+        results["warnings"].append(f"no plots: {exc!r}")
     (out_dir / f"{stamp}.json").write_text(json.dumps(results, indent=2, default=str))
     try:
         text = report.markdown(results)

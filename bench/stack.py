@@ -191,6 +191,12 @@ class Stack:
         # The gateway's /ready also asks upstreams the Procfile may not run: a real read instead.
         wait_http(self.sup, "gateway", f"{self.gateway_url}/api/inventory/products?limit=1", 60)
 
+    def restart_http(self, name: str, **env: str) -> None:
+        """One HTTP process again, with ``env`` over the system's environment."""
+        self.sup.stop(name)
+        self.sup.start(name, ["/bin/sh", "-c", self.http_entries[name]], env={**self.env, **env})
+        wait_http(self.sup, name, f"http://127.0.0.1:{self.ports[name]}/ready", 60)
+
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['gateway']}"

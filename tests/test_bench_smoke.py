@@ -4,7 +4,7 @@ Benchmarks are not part of ``make test``: this module is collected only with
 ``BENCH_SMOKE=1`` (``BENCH_SMOKE=1 make test PYTEST_ARGS=tests/test_bench_smoke.py``;
 tests/conftest.py leaves it out otherwise, so a plain run shows no skip for it). They check
 that one short run of every scenario writes both reports with every section and
-passes its correctness checks, and that no process of the run outlives it, however
+its plots and passes its correctness checks, and that no process of the run outlives it, however
 the run ends (normal exit, SIGTERM, SIGKILL).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.timeout(900)]
 
 TINY = ["--duration", "2", "--clients", "2,4", "--users", "4", "--products", "3", "--settle", "1",
-        "--locust-users", "2", "--drain-timeout", "120"]
+        "--locust-users", "2", "--drain-timeout", "120", "--overload-clients", "8"]
 
 
 def _env() -> dict:
@@ -106,7 +106,8 @@ def test_a_tiny_run_writes_both_reports_passes_its_checks_and_leaves_nothing(tmp
     assert len(reports) == 1 and reports[0].with_suffix(".md").exists()
     results = json.loads(reports[0].read_text())
     phases = results["phases"]
-    expected = ["read@2", "read@4", "pipeline@2", "pipeline@4", "placement@2", "placement@4", "backlog-drain"]
+    expected = ["read@2", "read@4", "pipeline@2", "pipeline@4", "overload@8", "placement@2", "placement@4",
+                "backlog-drain"]
     if (Path(sys.executable).parent / "locust").exists():  # requirements-bench.txt
         expected.append("mixed")
     for name in expected:
@@ -120,7 +121,25 @@ def test_a_tiny_run_writes_both_reports_passes_its_checks_and_leaves_nothing(tmp
     base = results["baselines"]
     assert base["hello"]["ok_rps"] > 0 and base["pgbench"]["runs"]["4"]["tps"] > 0
     assert base["chain"]["chains_per_s"] > 0 and base["chain"]["hops"] == len(results["pipeline_hops"])
-    assert {t["target"] for t in results["evaluation"]["targets"]}
+    assert base["chain_batched"]["chains_per_s"] > 0 and base["chain_batched"]["chains_per_message"] > 1
+    for x in (base["hello"], base["pgbench"], base["chain"], base["chain_batched"]):
+        assert x["cpu_per_unit"]["system_ms"] > 0
+    # CPU per fulfilled order over every process of the system, each named.
+    paced = next(x for n, x in phases.items() if n.startswith("paced@"))
+    for x in (phases["pipeline@4"], paced, phases["overload@8"]):
+        cpu = x["cpu_per_unit"]
+        assert cpu["unit"] == "fulfilled order" and cpu["system_ms"] > 0, cpu
+        assert {"gateway", "orders", "inventory", "worker", "beat", "postgres", "postgres (background)", "redis",
+                "smtp-sink"} <= set(cpu["by_process_ms"]), cpu
+    assert phases["read@4"]["cpu_per_unit"]["unit"] == "request"
+    over = results["evaluation"]["overload"]
+    assert over["accepted"] > 0 and over["lost"] == 0, over
+    assert paced["db"]["over_time"] and phases["overload@8"]["db"]["over_time"]
+    targets = {t["target"]: t for t in results["evaluation"]["targets"]}
+    assert len(targets) == 12 and all(t["see"] for t in targets.values())
+    assert targets["correctness checks pass"]["pass"] is True
+    plots = results["plots"]
+    assert set(plots) == {"throughput", "cpu", "latency"}, results["warnings"]
     assert all(v["pass"] for v in results["checks"].values() if isinstance(v, dict) and "pass" in v), \
         results["checks"]
     assert results["machine"]["cores"] and results["settings"]["processes"]
@@ -130,10 +149,14 @@ def test_a_tiny_run_writes_both_reports_passes_its_checks_and_leaves_nothing(tmp
     assert "read@4" in profiled and "placement@4" in profiled and any(n.startswith("paced@") for n in profiled)
     assert not phases["read@4"]["profile"]["errors"], phases["read@4"]["profile"]["errors"]
     text = reports[0].with_suffix(".md").read_text()
-    for heading in ("## Targets (issue 6)", "## Read", "## Placement", "## Pipeline", "## Baselines",
+    for heading in ("## Targets (issue 6)", "### Why: CPU per unit of work", "#### CPU ms per unit by process",
+                    "## Read", "## Placement", "## Pipeline", "## Overload and admission control", "## Baselines",
                     "## Connections", "## Database work", "## Profiles", "## Correctness at the end",
                     "## Settings"):
         assert heading in text
+    assert "batched bare Celery chain" in text
+    for path in plots.values():  # PNGs beside the Markdown, linked relatively
+        assert f"]({path})" in text and (tmp_path / path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert text.strip() in out  # the Markdown is printed too
     assert not Path(workdir).exists()
     assert _wait_no_leftovers(workdir, proc.pid) == []

@@ -4,7 +4,8 @@
 --            place : POST /api/orders, one line (random product, quantity 1..MAX_QTY),
 --                    rotating over the access tokens; KEYS=1 adds a unique Idempotency-Key
 --   PRODUCTS file with one product id per line; TOKENS file with one access token per line
--- done() prints one line "BENCH_JSON {...}" with counts, status codes and latency percentiles (us).
+-- done() prints one line "BENCH_JSON {...}" with counts, status codes, 503s with Retry-After and latency
+-- percentiles (us).
 
 local threads = {}
 
@@ -31,6 +32,7 @@ function init(args)
   max_qty = tonumber(args[6] or "1") or 1
   counter = 0
   statuses = {}
+  retry_after = 0  -- 503 answers that carry a Retry-After header (admission control)
   math.randomseed(os.time() * 1000 + tid * 7919)
   -- threads start at different offsets so they do not walk the lists in step
   offset = (tid - 1) * 9973
@@ -57,11 +59,15 @@ end
 
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
+  if status == 503 and (headers["Retry-After"] or headers["retry-after"]) then
+    retry_after = retry_after + 1
+  end
 end
 
 function done(summary, latency, requests)
-  local codes = {}
+  local codes, refused = {}, 0
   for _, thread in ipairs(threads) do
+    refused = refused + (thread:get("retry_after") or 0)
     local s = thread:get("statuses")
     if s then
       for code, n in pairs(s) do
@@ -78,11 +84,11 @@ function done(summary, latency, requests)
     'BENCH_JSON {"duration_us":%d,"requests":%d,"bytes":%d,' ..
     '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
     '"latency_us":{"min":%d,"mean":%.1f,"stdev":%.1f,"max":%d,"p50":%d,"p75":%d,"p90":%d,"p99":%d,"p999":%d},' ..
-    '"statuses":{%s}}\n',
+    '"statuses":{%s},"retry_after_503":%d}\n',
     summary.duration, summary.requests, summary.bytes,
     e.connect, e.read, e.write, e.status, e.timeout,
     latency.min, latency.mean, latency.stdev, latency.max,
     latency:percentile(50), latency:percentile(75), latency:percentile(90),
     latency:percentile(99), latency:percentile(99.9),
-    table.concat(parts, ",")))
+    table.concat(parts, ","), refused))
 end
