@@ -13,19 +13,26 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 _provider: TracerProvider | None = None
 
 
-def configure(service: str, *, exporter: SpanExporter | None = None) -> TracerProvider:
-    """Install the tracer provider and the client-side instrumentations (idempotent)."""
+def configure(service: str, *, exporter: SpanExporter | None = None, sample_ratio: float = 1.0) -> TracerProvider:
+    """Install the tracer provider and the client-side instrumentations (idempotent).
+
+    Parent-based sampling: a trace a caller sampled is always followed (so one order stays
+    one trace across processes), and a new one is recorded with ``sample_ratio``
+    (TRACE_SAMPLE_RATIO). Unsampled requests still carry their trace context.
+    """
     global _provider
     if _provider is not None:
         if exporter is not None:
             _provider.add_span_processor(SimpleSpanProcessor(exporter))
         return _provider
     name = os.environ.get("OTEL_SERVICE_NAME") or f"oms-{service}"
-    _provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    _provider = TracerProvider(resource=Resource.create({"service.name": name}),
+                               sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
     if exporter is not None:
         _provider.add_span_processor(SimpleSpanProcessor(exporter))
     elif os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):

@@ -159,7 +159,7 @@ def boot(name: str, *, settings: Settings | None = None, role: str = roles.WORKE
 
     settings = settings or settings_or_exit()
     logging_config.configure(service=name, level=settings.log_level, fmt=settings.log_format)
-    tracing.configure(name)
+    tracing.configure(name, sample_ratio=settings.trace_sample_ratio)
     tracing.instrument_celery()  # trace context into the tasks this process publishes or runs
     if publisher is not None:
         set_publisher(publisher)

@@ -84,3 +84,20 @@ def test_a_role_password_given_to_migrate_goes_with_that_roles_login_only():
     assert roles.login(s, "orders").dsn == "postgresql://oms_orders:p%40ss%2Fword@db/oms"
     assert roles.login(s, "users").dsn == "postgresql://oms_users@db/oms"
     assert "p@ss/word" not in repr(s) and "p@ss/word" not in str(s.redacted())
+
+
+def test_traces_are_all_kept_in_development_and_sampled_elsewhere_and_the_ratio_is_checked():
+    secret = {"JWT_SECRET_KEY": "s" * 40}
+    assert load_settings({}).trace_sample_ratio == 1.0
+    assert load_settings({"APP_ENV": "staging", **secret}).trace_sample_ratio == 0.1
+    assert load_settings({"APP_ENV": "staging", "TRACE_SAMPLE_RATIO": "0.5", **secret}).trace_sample_ratio == 0.5
+    with pytest.raises(ConfigError, match="TRACE_SAMPLE_RATIO"):
+        load_settings({"TRACE_SAMPLE_RATIO": "1.5"})
+
+
+def test_admission_and_batching_settings():
+    assert load_settings({}).order_latency_budget_seconds == 2.0
+    assert load_settings({"ORDER_LATENCY_BUDGET_SECONDS": "0"}).order_latency_budget_seconds == 0.0
+    assert load_settings({}).event_batch_max == 100
+    with pytest.raises(ConfigError, match="EVENT_BATCH_MAX"):
+        load_settings({"EVENT_BATCH_MAX": "0"})
