@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.conftest import Live
-from tests.support import Api, create_product, place, register, wait_for
+from tests.support import Api, create_product, register, wait_for
 
 BUDGET = 0.4  # seconds: refused once the oldest order not yet reserved is 0.2 s old
 
@@ -26,6 +26,13 @@ def stalled_orders(stack_env, own_broker):
         server.stop()
 
 
+def _first_order(api: Api, token: str, product: dict) -> dict:
+    """Placed once the door is open: an earlier test's stalled orders may still count."""
+    body = {"items": [{"product_id": product["id"], "quantity": 1}]}
+    return wait_for(lambda: (r := api.call("POST", "/api/orders", token=token, json_body=body))[0] == 202 and r[2],
+                    timeout=20, interval=0.5, what="admission of the first order")
+
+
 def _my_orders(api: Api, token: str) -> int:
     return len(api.ok("GET", "/api/orders?limit=100", token=token)["items"])
 
@@ -33,7 +40,7 @@ def _my_orders(api: Api, token: str) -> int:
 def test_placement_is_refused_with_retry_after_while_the_backlog_is_over_budget(gateway, admin, stalled_orders):
     token = register(gateway)["access_token"]
     product = create_product(gateway, admin, stock=100)
-    first = place(stalled_orders, token, [(product["id"], 1)])
+    first = _first_order(stalled_orders, token, product)
     assert first["status"] == "pending"
 
     def refused():
@@ -56,7 +63,7 @@ def test_placement_is_refused_with_retry_after_while_the_backlog_is_over_budget(
 def test_an_order_stranded_longer_than_ten_budgets_no_longer_counts(gateway, admin, stalled_orders):
     token = register(gateway)["access_token"]
     product = create_product(gateway, admin, stock=100)
-    place(stalled_orders, token, [(product["id"], 1)])
+    _first_order(stalled_orders, token, product)
     body = {"items": [{"product_id": product["id"], "quantity": 1}]}
     wait_for(lambda: stalled_orders.call("POST", "/api/orders", token=token, json_body=body)[0] == 503,
              timeout=10, what="the first refusal")
