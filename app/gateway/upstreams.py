@@ -17,10 +17,13 @@ import time
 import pybreaker
 import redis
 import urllib3
+from opentelemetry import propagate
+from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 
-from infra.breaker import ConcurrentBreaker, SharedStateStorage
+from config import tracing
 from config.settings import Settings
 from infra import registry, runtime
+from infra.breaker import ConcurrentBreaker, SharedStateStorage
 from infra.errors import Unavailable
 
 logger = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ class Upstreams:
         # Its own lock: a refresh waits on a query, which must not hold up finding a breaker.
         self._refresh_lock = threading.Lock()
         self._breakers: dict[str, pybreaker.CircuitBreaker] = {}
+        self._pools: dict[str, tuple[urllib3.HTTPConnectionPool, str]] = {}  # url -> (pool, its path)
 
     # -- discovery -----------------------------------------------------------------
     def _refresh(self) -> None:
@@ -116,14 +120,23 @@ class Upstreams:
     # -- requests ------------------------------------------------------------------------
     def request(self, service: str, method: str, path: str, **kwargs) -> urllib3.BaseHTTPResponse:
         """Send to one instance; a GET that could not connect is tried once on another."""
-        return self.breaker(service).call(self._attempt, service, method, path, kwargs)
+        if not tracing.unsampled():
+            return self.breaker(service).call(self._attempt, service, method, path, kwargs)
+        # A trace the sampler dropped: pass its context on, without the urllib3
+        # instrumentation's span work (its client span would be dropped too).
+        kwargs["headers"] = headers = dict(kwargs.get("headers") or {})
+        propagate.inject(headers)
+        with suppress_http_instrumentation():
+            return self.breaker(service).call(self._attempt, service, method, path, kwargs)
 
     def _attempt(self, service, method, path, kwargs):
         tries = 2 if method in IDEMPOTENT else 1
         error: Exception | None = None
         for url in self.candidates(service)[:tries]:
             try:
-                return self.http.request(method, url + path, **kwargs)
+                pool, prefix = self._pool(url)
+                return pool.urlopen(method, prefix + path, body=kwargs.get("body"), headers=kwargs.get("headers"),
+                                    retries=False, redirect=False, assert_same_host=False)
             except urllib3.exceptions.ReadTimeoutError as exc:
                 raise UpstreamDown("timeout") from exc  # it may be working on it: never retried
             except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
@@ -133,6 +146,16 @@ class Upstreams:
                 logger.warning("upstream instance failed", extra={"upstream": service, "url": url,
                                                                  "error": type(exc).__name__})
         raise UpstreamDown("unreachable") from error
+
+    def _pool(self, url: str) -> tuple[urllib3.HTTPConnectionPool, str]:
+        """The connection pool of the instance at ``url`` and the path it is under, looked up once:
+        the PoolManager parses the URL and builds its pool key on every request (~3 % of a gateway
+        request). A pool the manager has closed since (it keeps 32) is looked up again."""
+        found = self._pools.get(url)
+        if found is None or found[0].pool is None:
+            found = (self.http.connection_from_url(url), (urllib3.util.parse_url(url).path or "").rstrip("/"))
+            self._pools = {**{u: f for u, f in self._pools.items() if f[0].pool is not None}, url: found}
+        return found
 
     def health(self, service: str) -> None:
         url = self.candidates(service)[0]
