@@ -1,6 +1,6 @@
 # Development entry points. Only python3 (3.11+) is needed: the virtualenv, the
 # dependencies and the embedded PostgreSQL and Redis servers all come from PyPI (and `make test`
-# installs Debian's chromium for the docs page's browser test when it is missing).
+# installs Debian's chromium and pgbouncer for the browser and PgBouncer tests when missing).
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: help venv run test fuzz bench chaos migrate clean-data
 
 help:
-	@echo "make run         start everything (embedded PostgreSQL/Redis unless DATABASE_URL/REDIS_URL are set)"
+	@echo "make run         start everything (embedded PostgreSQL/Redis unless DATABASE_URL/REDIS_URL are set; USE_PGBOUNCER=1 behind PgBouncer)"
 	@echo "make test        run the tests (PYTEST_ARGS='-k users -x' to pass arguments)"
 	@echo "make fuzz        schemathesis through the gateway as a customer and an admin (FUZZ_URL for a running stack)"
 	@echo "make bench       benchmarks: start the system, load it, write bench/results/<time>.{json,md}"
@@ -48,7 +48,16 @@ $(CHROMIUM):
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "$(CHROMIUM) is needed by tests/e2e/test_docs_browser.py: sudo apt-get install chromium"; exit 1; fi
 
-test: $(STAMP) $(TEST_STAMP) | $(CHROMIUM)
+# tests/integration/test_pgbouncer.py runs the data layer through Debian's PgBouncer (1.18);
+# installed here when missing, as root.
+PGBOUNCER ?= /usr/sbin/pgbouncer
+$(PGBOUNCER):
+	@if [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; \
+	else echo "$(PGBOUNCER) is needed by tests/integration/test_pgbouncer.py: sudo apt-get install pgbouncer"; exit 1; fi
+
+test: $(STAMP) $(TEST_STAMP) | $(CHROMIUM) $(PGBOUNCER)
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 # The long run of tests/e2e/test_fuzz.py (make test runs its bounded profile): random data,
@@ -80,5 +89,5 @@ migrate: $(STAMP)
 	$(VPY) -m app migrate
 
 clean-data:
-	@if [ -x $(VPY) ] && [ -d var ]; then $(VPY) -m devtools.embedded stop var/pgdata var/redis; fi
+	@if [ -x $(VPY) ] && [ -d var ]; then $(VPY) -m devtools.embedded stop var/pgdata var/redis var/pgbouncer; fi
 	rm -rf var

@@ -28,6 +28,10 @@ MIN_JWT_SECRET_BYTES = 32  # HS256 keys shorter than its 256-bit hash can be bru
 POOL_MAX_BY_SERVICE = {"gateway": 2, "notifications": 2, "worker": 2}
 
 
+# DATABASE_POOLER: what sits between the processes and PostgreSQL.
+POOLERS = {"": "", "none": "", "pgbouncer": "pgbouncer"}
+
+
 # Who may read /ready and /metrics: loopback and the private ranges (Prometheus,
 # Kubernetes probes, docker networks). OPS_ALLOWED_NETWORKS replaces the list.
 OPS_DEFAULT_NETWORKS = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
@@ -82,6 +86,22 @@ def _at_least_one(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _at_least(env: Mapping[str, str], name: str, default: int, least: int) -> int:
+    value = _int(env, name, default)
+    if value < least:
+        raise ConfigError(f"configuration error: {name} must be at least {least}, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: Mapping[str, str]) -> str:
+    """One of ``choices`` (spellings, case-insensitive -> the value); unset or empty is ``""``."""
+    raw = (env.get(name) or "").strip().lower()
+    if raw in choices:
+        return choices[raw]
+    raise ConfigError(f"configuration error: {name} must be one of {', '.join(sorted(k for k in choices if k))} "
+                      f"or empty, got {env.get(name)!r}")
+
+
 def _networks(env: Mapping[str, str], name: str, default: str) -> tuple:
     """Comma-separated networks or addresses ("10.0.0.0/8, 192.0.2.7"); empty means none."""
     raw = env.get(name, default)
@@ -119,6 +139,19 @@ class Settings:
     db_timeout: float = 5.0
     db_statement_timeout_ms: int = 10_000
     db_lock_timeout_ms: int = 3_000
+    # What sits between the processes and PostgreSQL (DATABASE_POOLER): "" for nothing, or
+    # "pgbouncer" for PgBouncer in transaction pooling mode. Behind it no named prepared
+    # statement outlives a transaction, only application_name travels at connection
+    # start (the search_path pin and the timeouts are the roles' defaults, which
+    # `migrate` sets), and migrations need MIGRATIONS_DATABASE_URL (infra/db.py, infra/migrations.py).
+    database_pooler: str = ""
+    # asyncpg's cache of named prepared statements, per connection (DATABASE_STATEMENT_CACHE_SIZE):
+    # 1000 by default, 0 with DATABASE_POOLER=pgbouncer (before 1.21 PgBouncer does not
+    # track prepared statements; with its max_prepared_statements set, a cache may be given).
+    db_statement_cache_size: int = 1000
+    # Where `migrate` connects (MIGRATIONS_DATABASE_URL): PostgreSQL itself, not a pooler,
+    # for a whole run holds one session. Default: DATABASE_URL.
+    migrations_database_url: str | None = None
     upstream_connect_timeout: float = 1.0
     upstream_read_timeout: float = 10.0
     reservation_ttl_seconds: int = 900
@@ -193,6 +226,11 @@ class Settings:
         return self.app_env == "production"
 
     @property
+    def migrations_url(self) -> str:
+        """The URL ``migrate`` connects to: MIGRATIONS_DATABASE_URL, else DATABASE_URL."""
+        return self.migrations_database_url or self.database_url
+
+    @property
     def role_prefix(self) -> str:
         """DB_ROLE_PREFIX, or the database's name and ``_``: databases on one server never share roles."""
         if self.db_role_prefix:
@@ -243,6 +281,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         for name in SERVICES
     }
     admin_password = env.get("ADMIN_PASSWORD")
+    pooler = _choice(env, "DATABASE_POOLER", POOLERS)
     return Settings(
         app_env=app_env,
         database_url=env.get("DATABASE_URL") or Settings.database_url,
@@ -265,6 +304,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         db_timeout=_float(env, "DB_TIMEOUT_SECONDS", 5.0),
         db_statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 10_000),
         db_lock_timeout_ms=_int(env, "DB_LOCK_TIMEOUT_MS", 3_000),
+        database_pooler=pooler,
+        db_statement_cache_size=_at_least(env, "DATABASE_STATEMENT_CACHE_SIZE", 0 if pooler else 1000, 0),
+        migrations_database_url=env.get("MIGRATIONS_DATABASE_URL") or None,
         upstream_connect_timeout=_float(env, "UPSTREAM_CONNECT_TIMEOUT_SECONDS", 1.0),
         upstream_read_timeout=_float(env, "UPSTREAM_READ_TIMEOUT_SECONDS", 10.0),
         reservation_ttl_seconds=_int(env, "RESERVATION_TTL_SECONDS", 900),

@@ -1,19 +1,23 @@
-"""Embedded PostgreSQL and Redis from PyPI wheels, for ``make run`` and the test suite.
+"""Embedded PostgreSQL and Redis from PyPI wheels, for ``make run`` and the test suite,
+and Debian's PgBouncer in front of a PostgreSQL (``USE_PGBOUNCER=1 make run``, tests).
 
 Each server is a real, long-lived process under a data folder that survives
 restarts; ``Embedded.stop()`` stops it by pid. A server left running in the same
-folder by a crashed run is reused (PostgreSQL) or restarted (Redis).
+folder by a crashed run is reused (PostgreSQL) or restarted (Redis, PgBouncer).
 ``python -m devtools.embedded stop DIR...`` stops whatever still runs in those folders.
 """
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import importlib.util
 import json
 import logging
 import os
+import pwd
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +25,8 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Mapping
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import psutil
 import redis
@@ -432,6 +438,174 @@ def stop_redis_in(data_dir: Path, timeout: float = 30.0) -> bool:
     return bool(pids)
 
 
+# ---------------------------------------------------------------- PgBouncer
+
+PGBOUNCER_BINARY = "/usr/sbin/pgbouncer"  # Debian's package `pgbouncer`
+PGBOUNCER_STATS_USER = "pgbouncer"  # may read the admin console (SHOW ...), not change it
+PGBOUNCER_MISSING = (f"{PGBOUNCER_BINARY} is missing: install Debian's package "
+                     "(as root: apt-get install -y pgbouncer; `make test` does it when missing)")
+
+
+def pgbouncer_binary() -> str:
+    """Debian's pgbouncer (PGBOUNCER_BINARY overrides), or EmbeddedError saying how to get it."""
+    path = os.environ.get("PGBOUNCER_BINARY") or PGBOUNCER_BINARY
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        found = shutil.which("pgbouncer")
+        if found is None:
+            raise EmbeddedError(PGBOUNCER_MISSING)
+        path = found
+    return path
+
+
+def _server_address(server_url: str) -> tuple[str, int]:
+    """(host or unix socket folder, port) of a libpq/asyncpg URL."""
+    parts = urlsplit(server_url)
+    query = dict(parse_qsl(parts.query))
+    host = query.get("host") or (unquote(parts.hostname) if parts.hostname else "") or "127.0.0.1"
+    port = int(query.get("port") or parts.port or 5432)
+    return host, port
+
+
+def _pgbouncer_user(host: str) -> str | None:
+    """Who PgBouncer runs as: it refuses root. Reaching a unix socket, the socket folder's owner."""
+    if os.geteuid() != 0:
+        return None
+    if host.startswith("/"):
+        with contextlib.suppress(OSError, KeyError):
+            return pwd.getpwuid(os.stat(host).st_uid).pw_name
+    return "nobody"
+
+
+def _pgbouncer_quote(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def pgbouncer_config(*, host: str, port: int, listen_port: int, auth_file: Path, pool_size: int,
+                     max_client_conn: int) -> str:
+    """pgbouncer.ini: transaction pooling on 127.0.0.1 (no unix socket), every database of the server."""
+    return "\n".join([
+        "; written by devtools/embedded.py on every start",
+        "[databases]",
+        # Any database name reaches the database of that name on the server.
+        f"* = host={host} port={port}",
+        "[pgbouncer]",
+        "listen_addr = 127.0.0.1",
+        f"listen_port = {listen_port}",
+        "unix_socket_dir =",
+        "pool_mode = transaction",
+        f"default_pool_size = {pool_size}",
+        "min_pool_size = 0",
+        "reserve_pool_size = 0",
+        f"max_client_conn = {max_client_conn}",
+        # The server trusts local logins (embedded, tests, CI); the users must still be listed.
+        "auth_type = trust",
+        f"auth_file = {auth_file}",
+        f"stats_users = {PGBOUNCER_STATS_USER}",
+        # Transaction pooling: nothing of a session survives to reset.
+        "server_reset_query =",
+        "server_check_delay = 10",
+        "application_name_add_host = 0",
+        "log_connections = 0",
+        "log_disconnections = 0",
+        "",
+    ])
+
+
+class EmbeddedPgBouncer(Embedded):
+    """PgBouncer in front of a PostgreSQL server; ``.url`` reaches its admin console."""
+
+    name = "pgbouncer"
+
+    def __init__(self, *, url: str, pid: int, data_dir: Path, port: int, process: launcher.Process):
+        super().__init__(url=url, pid=pid, data_dir=data_dir)
+        self.port = port
+        self._process = process
+
+    @property
+    def running(self) -> bool:
+        return self._process.alive()
+
+    def url_for(self, database_url: str) -> str:
+        """``database_url`` (same user, password, database and options) through this PgBouncer."""
+        parts = urlsplit(database_url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k not in ("host", "port")])
+        netloc = (userinfo + "@" if userinfo else "") + f"127.0.0.1:{self.port}"
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+    def show(self, what: str) -> list[dict[str, str]]:
+        """``SHOW <what>`` on the admin console (POOLS, STATS, CLIENTS, SERVERS...), one dict a row.
+
+        The console speaks only the simple query protocol: psql asks, not asyncpg.
+        """
+        if not re.fullmatch(r"[A-Za-z_]+", what):
+            raise ValueError(f"not a SHOW command: {what!r}")
+        result = subprocess.run(
+            [pg_bin("psql"), "-X", "-q", "--csv", "-h", "127.0.0.1", "-p", str(self.port), "-U", PGBOUNCER_STATS_USER,
+             "-d", "pgbouncer", "-c", f"SHOW {what}"],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=15)
+        if result.returncode != 0:
+            raise EmbeddedError(f"SHOW {what} failed: {result.stderr.strip()}")
+        import csv
+
+        return list(csv.DictReader(result.stdout.splitlines()))
+
+    def _stop(self, timeout: float) -> None:
+        # SIGINT would wait for clients to leave; they are gone or going, so SIGTERM.
+        self._process.stop(timeout=timeout)
+
+
+def start_pgbouncer(data_dir: Path, server_url: str, *, users: Mapping[str, str | None], port: int | None = None,
+                    pool_size: int = 3, max_client_conn: int = 200, timeout: float = 15.0) -> EmbeddedPgBouncer:
+    """Start Debian's PgBouncer (transaction pooling) in front of the server of ``server_url``.
+
+    ``users``: every login that may go through it -> its password (None on a server that
+    trusts local logins). It listens on 127.0.0.1:``port`` (a free one by default);
+    ``url_for(url)`` turns a database URL into the same one through it. Its configuration
+    and log live in ``data_dir``; a PgBouncer still running there from an earlier run is
+    stopped first. As root it runs as the owner of the server's socket folder, or nobody.
+    """
+    binary = pgbouncer_binary()
+    data_dir = Path(data_dir).expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stop_pgbouncer_in(data_dir)
+    host, server_port = _server_address(server_url)
+    port = port or launcher.free_port()
+    auth_file = data_dir / "users.txt"
+    logins = {**users, PGBOUNCER_STATS_USER: None}
+    auth_file.write_text("".join(f"{_pgbouncer_quote(u)} {_pgbouncer_quote(p or '')}\n" for u, p in logins.items()))
+    auth_file.chmod(0o600)
+    conf = data_dir / "pgbouncer.ini"
+    conf.write_text(pgbouncer_config(host=host, port=server_port, listen_port=port, auth_file=auth_file,
+                                     pool_size=pool_size, max_client_conn=max_client_conn))
+    # Both are read before it gives up root; nothing is written but its log, on our pipe.
+    user = _pgbouncer_user(host)
+    command = [binary] + (["-u", user] if user else []) + [str(conf)]
+    process = launcher.Process(command, cwd=data_dir, log=data_dir / "pgbouncer.log", name="pgbouncer")
+    try:
+        process.wait_ready(lambda: launcher.port_open(port) or f"nothing on 127.0.0.1:{port}", timeout=timeout,
+                           what=f"PgBouncer on 127.0.0.1:{port}")
+    except (RuntimeError, TimeoutError) as exc:
+        raise EmbeddedError(str(exc)) from exc
+    url = f"postgresql://{quote(PGBOUNCER_STATS_USER)}@127.0.0.1:{port}/pgbouncer"
+    logger.info("PgBouncer ready", extra={"data_dir": str(data_dir), "pid": process.pid, "port": port,
+                                          "server": f"{host}:{server_port}"})
+    return EmbeddedPgBouncer(url=url, pid=process.pid, data_dir=data_dir, port=port, process=process)
+
+
+def stop_pgbouncer_in(data_dir: Path, timeout: float = 10.0) -> bool:
+    """Stop a PgBouncer running on ``data_dir``'s configuration, if any. True if one was stopped."""
+    conf = str(Path(data_dir).expanduser().resolve() / "pgbouncer.ini")
+    stopped = False
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline and Path(cmdline[0]).name == "pgbouncer" and conf in cmdline and proc.pid != os.getpid():
+            logger.warning("stopping a PgBouncer left running", extra={"data_dir": str(data_dir), "pid": proc.pid})
+            launcher.terminate(proc.pid, timeout=timeout)
+            stopped = True
+    return stopped
+
+
 def stop_in(*folders: Path) -> None:
     """Stop whatever embedded server still runs in each of ``folders``."""
     for path in map(Path, folders):
@@ -439,6 +613,8 @@ def stop_in(*folders: Path) -> None:
             stop_postgres_in(path)
         elif (path / "redis.conf").exists():
             stop_redis_in(path)
+        elif (path / "pgbouncer.ini").exists():
+            stop_pgbouncer_in(path)
 
 
 def main(argv: list[str] | None = None) -> int:

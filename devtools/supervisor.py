@@ -5,6 +5,10 @@ the data folder (``OMS_DATA_DIR``, default ``var/``), migrates (which creates th
 database roles the processes log in as), creates the admin, then runs the Procfile
 under honcho. Ctrl-C or SIGTERM stops everything; so does
 the death of any Procfile process. Servers it started are stopped on every path.
+
+``USE_PGBOUNCER=1`` puts Debian's PgBouncer (transaction pooling) between every process
+and that PostgreSQL: DATABASE_URL then names PgBouncer with DATABASE_POOLER=pgbouncer,
+and MIGRATIONS_DATABASE_URL the server itself, for migrations.
 """
 from __future__ import annotations
 
@@ -198,8 +202,17 @@ def _run(env: dict[str, str], data_dir: Path, signals: _Signals, servers: list) 
     if signals.received is not None:
         return 0
     settings = settings_or_exit(child_env)
+    if _flag(env, "USE_PGBOUNCER"):
+        bouncer = _start_pgbouncer(data_dir, settings, env)
+        servers.append(bouncer)
+        child_env.update(DATABASE_URL=bouncer.url_for(settings.database_url), DATABASE_POOLER="pgbouncer",
+                         MIGRATIONS_DATABASE_URL=settings.migrations_url)
+        settings = settings_or_exit(child_env)
+        if signals.received is not None:
+            return 0
     shown = settings.redacted()
-    logger.info("servers", extra={"database_url": shown["database_url"], "redis_url": shown["redis_url"]})
+    logger.info("servers", extra={"database_url": shown["database_url"], "redis_url": shown["redis_url"],
+                                  "database_pooler": settings.database_pooler or None})
 
     # Migrations run as the user DATABASE_URL names (the embedded server's superuser) and
     # create the database roles; every other process logs in as its own (infra/roles.py).
@@ -229,6 +242,33 @@ def _run(env: dict[str, str], data_dir: Path, signals: _Signals, servers: list) 
     for name, url in urls.items():
         logger.info("starting %s on %s", name, url)
     return _run_procfile(child_env, signals, urls)
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _start_pgbouncer(data_dir: Path, settings, env: dict[str, str]) -> embedded.EmbeddedPgBouncer:
+    """PgBouncer in front of the server of DATABASE_URL, for every role ``migrate`` creates.
+
+    Its pools are per database and role: at most PGBOUNCER_POOL_SIZE (default 3) server
+    connections each, however many client connections the processes open.
+    """
+    from infra import roles
+
+    if settings.database_pooler:
+        raise embedded.EmbeddedError("USE_PGBOUNCER=1 starts a PgBouncer of its own: unset DATABASE_POOLER")
+    passwords = {kind: str(p) for kind, p in settings.db_role_passwords.items()}
+    users = {role: passwords.get(kind) for kind, role in roles.names(settings.role_prefix).items()}
+    try:
+        pool_size = int(env.get("PGBOUNCER_POOL_SIZE") or 3)
+    except ValueError:
+        raise embedded.EmbeddedError(f"PGBOUNCER_POOL_SIZE must be an integer, got {env['PGBOUNCER_POOL_SIZE']!r}")
+    bouncer = embedded.start_pgbouncer(data_dir / "pgbouncer", settings.database_url, users=users,
+                                       pool_size=pool_size)
+    logger.info("PgBouncer (transaction pooling) between every process and PostgreSQL",
+                extra={"port": bouncer.port, "pool_size": pool_size, "pid": bouncer.pid})
+    return bouncer
 
 
 def main(args=None) -> int:

@@ -12,6 +12,7 @@ import concurrent.futures
 import contextvars
 import functools
 import itertools
+import json
 import logging
 import os
 import threading
@@ -22,6 +23,7 @@ import anyio
 import asyncpg
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from pgdbm import AsyncDatabaseManager, DatabaseConfig, TransactionManager
+from pgdbm.core import NEUTRAL_SEARCH_PATH
 from pgdbm.errors import ConnectionError as PgdbmConnectionError
 from pgdbm.errors import PoolError, QueryError
 
@@ -67,6 +69,33 @@ async def _running_loop() -> asyncio.AbstractEventLoop:
 
 async def _keep_session(connection) -> None:
     """Pool reset hook: nothing to undo (see Database._create_pool)."""
+
+
+PGBOUNCER = "pgbouncer"  # Database(pooler=...): PgBouncer in transaction pooling mode
+# What every connection is set to: startup parameters on a direct connection, the login
+# role's defaults behind a pooler (``role_defaults``, which ``migrate`` applies).
+SEARCH_PATH = NEUTRAL_SEARCH_PATH  # pgdbm's pin: an unqualified table name fails
+IDLE_IN_TRANSACTION_MS = 30_000
+
+
+def role_defaults(*, statement_timeout_ms: int, lock_timeout_ms: int) -> dict[str, str]:
+    """The session settings a process wants, as ``ALTER ROLE ... SET`` gives them."""
+    return {"search_path": SEARCH_PATH, "jit": "off", "statement_timeout": str(statement_timeout_ms),
+            "lock_timeout": str(lock_timeout_ms),
+            "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS)}
+
+
+class _PooledConfig(DatabaseConfig):
+    """pgdbm's configuration for a pool behind PgBouncer (before 1.21 it refuses any startup
+    parameter but a few, ``unsupported startup parameter: search_path``): application_name
+    alone goes at connection start; the rest are the login role's defaults."""
+
+    def get_server_settings(self) -> dict[str, str]:
+        return {"application_name": (self.server_settings or {}).get("application_name", "oms")}
+
+
+class PoolerSetupError(RuntimeError):
+    """Behind a pooler, the login role lacks the defaults ``migrate`` gives it."""
 
 
 class _BridgeClosed(Exception):
@@ -169,9 +198,14 @@ class Database:
         lock_timeout_ms: int = 3_000,
         switch_roles: Mapping[str, str] | None = None,
         superuser: Literal["allow", "warn", "refuse"] = "allow",
+        pooler: str = "",
+        statement_cache_size: int | None = None,
     ):
         """``switch_roles``: schema -> the role its manager acts as (a worker's login, see
-        infra/roles.py). ``superuser``: what to do when the login turns out to be one."""
+        infra/roles.py). ``superuser``: what to do when the login turns out to be one.
+        ``pooler``: ``""`` for a direct connection, ``PGBOUNCER`` behind PgBouncer in
+        transaction mode (DATABASE_POOLER). ``statement_cache_size``: asyncpg's named
+        statements per connection; default 1000 direct, 0 behind a pooler."""
         self.dsn = dsn
         self.schemas = schemas
         self.min_size = min_size
@@ -182,6 +216,10 @@ class Database:
         self.lock_timeout_ms = lock_timeout_ms
         self.switch_roles = dict(switch_roles or {})
         self.superuser = superuser
+        if pooler not in ("", PGBOUNCER):
+            raise ValueError(f"unknown pooler {pooler!r}")
+        self.pooler = pooler
+        self.statement_cache_size = (0 if pooler else 1000) if statement_cache_size is None else statement_cache_size
         self.login_role: str | None = None
         self.pid = os.getpid()
         self.pool: asyncpg.Pool | None = None
@@ -221,7 +259,20 @@ class Database:
             return self
 
     async def _create_pool(self) -> asyncpg.Pool:
-        config = DatabaseConfig(
+        # Behind PgBouncer in transaction mode consecutive transactions of one client run on
+        # any of its server connections, so nothing may outlive a transaction:
+        # - named prepared statements (asyncpg's statement cache): statement_cache_size=0
+        #   makes asyncpg use the unnamed statement, parsed again with each execution in the
+        #   same message, so it never meets another server connection (asyncpg's
+        #   max_cached_statement_lifetime then has nothing to expire);
+        # - session settings: the search_path pin, jit and the timeouts are not startup
+        #   parameters there (PgBouncer refuses them) but the login role's defaults, which
+        #   the server applies to each of PgBouncer's connections (_check_login checks them).
+        # The rest holds in both modes: a worker's role is SET LOCAL (infra/db.py
+        # ScopedManager), advisory locks are transaction-scoped (inventory) or taken by
+        # migrate on a direct connection, and nothing LISTENs, keeps a cursor outside a
+        # transaction, creates temporary tables or SETs a session setting.
+        config = (_PooledConfig if self.pooler else DatabaseConfig)(
             connection_string=self.dsn,
             min_connections=self.min_size,
             max_connections=self.max_size,
@@ -229,8 +280,11 @@ class Database:
             command_timeout=max(self.timeout * 2, 10.0),
             statement_timeout_ms=self.statement_timeout_ms,
             lock_timeout_ms=self.lock_timeout_ms,
-            idle_in_transaction_session_timeout_ms=30_000,
+            idle_in_transaction_session_timeout_ms=IDLE_IN_TRANSACTION_MS,
             server_settings={"application_name": self.application_name},
+            statement_cache_size=self.statement_cache_size,
+            # Behind a pooler pgdbm's check of its pin would ask for a startup parameter: ours instead.
+            shared_pool_search_path=None if self.pooler else SEARCH_PATH,
             retry_attempts=1,
         )
         pool = await AsyncDatabaseManager.create_shared_pool(config)
@@ -253,8 +307,14 @@ class Database:
     async def _check_login(self, pool: asyncpg.Pool) -> None:
         async with pool.acquire() as conn:
             row = await conn.fetchrow(
-                "SELECT current_user AS login, rolsuper AS super FROM pg_roles WHERE rolname = current_user")
+                "SELECT current_user AS login, rolsuper AS super, "
+                "(SELECT coalesce(jsonb_object_agg(name, setting), '{}') FROM pg_settings "
+                " WHERE name = ANY($1::text[]))::text AS settings "
+                "FROM pg_roles WHERE rolname = current_user", list(role_defaults(statement_timeout_ms=0,
+                                                                                 lock_timeout_ms=0)))
         self.login_role = row["login"]
+        if self.pooler:
+            self._check_pooled_session(json.loads(row["settings"]))
         if not row["super"] or self.superuser == "allow":
             return
         if self.superuser == "refuse":
@@ -263,6 +323,21 @@ class Database:
                 "see the README, \"Database roles\"")
         logger.warning("logged in to PostgreSQL as a superuser; only the migrations should",
                        extra={"login_role": row["login"]})
+
+    def _check_pooled_session(self, have: dict[str, str]) -> None:
+        """Behind a pooler: the search_path pin must be in force (a role default), else
+        unqualified names would resolve; other differences from what this process asks
+        for are logged (a role default is one value for every process of that role)."""
+        want = role_defaults(statement_timeout_ms=self.statement_timeout_ms, lock_timeout_ms=self.lock_timeout_ms)
+        if [p.strip() for p in have.get("search_path", "").split(",")] != [SEARCH_PATH]:
+            raise PoolerSetupError(
+                f"behind {self.pooler} the search_path of login {self.login_role!r} is {have.get('search_path')!r}, "
+                f"not {SEARCH_PATH!r}: it comes from the role's defaults, which `python -m app migrate` sets")
+        differ = {name: {"role_default": have.get(name), "asked": value}
+                  for name, value in want.items() if have.get(name) != value}
+        if differ:
+            logger.warning("behind %s these settings are the login role's defaults, not this process's", self.pooler,
+                           extra={"settings": differ, "login_role": self.login_role})
 
     def close(self) -> None:
         """Close the pool, then stop the loop. Call only once the process stopped serving."""

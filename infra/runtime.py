@@ -86,6 +86,8 @@ def build(settings: Settings, *, name: str, role: str = roles.WORKER) -> Runtime
         application_name=f"oms-{name}",
         statement_timeout_ms=settings.db_statement_timeout_ms,
         lock_timeout_ms=settings.db_lock_timeout_ms,
+        pooler=settings.database_pooler,
+        statement_cache_size=settings.db_statement_cache_size,
     )
     client = redis.Redis.from_url(
         settings.redis_url,

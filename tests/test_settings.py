@@ -101,3 +101,21 @@ def test_admission_and_batching_settings():
     assert load_settings({}).event_batch_max == 100
     with pytest.raises(ConfigError, match="EVENT_BATCH_MAX"):
         load_settings({"EVENT_BATCH_MAX": "0"})
+
+
+def test_behind_pgbouncer_no_named_statement_is_cached_and_migrations_go_direct():
+    direct = load_settings({})
+    assert (direct.database_pooler, direct.db_statement_cache_size) == ("", 1000)
+    assert direct.migrations_url == direct.database_url
+    pooled = load_settings({"DATABASE_POOLER": "PgBouncer", "DATABASE_URL": "postgresql://oms@pgbouncer:6432/oms",
+                            "MIGRATIONS_DATABASE_URL": "postgresql://oms@db:5432/oms"})
+    assert (pooled.database_pooler, pooled.db_statement_cache_size) == ("pgbouncer", 0)
+    assert pooled.migrations_url == "postgresql://oms@db:5432/oms" and pooled.role_prefix == "oms_"
+    # PgBouncer 1.21+ with max_prepared_statements keeps named statements across transactions.
+    assert load_settings({"DATABASE_POOLER": "pgbouncer", "DATABASE_STATEMENT_CACHE_SIZE": "100"}
+                         ).db_statement_cache_size == 100
+    assert load_settings({"DATABASE_POOLER": "none"}).database_pooler == ""
+    with pytest.raises(ConfigError, match="DATABASE_POOLER"):
+        load_settings({"DATABASE_POOLER": "pgpool"})
+    with pytest.raises(ConfigError, match="DATABASE_STATEMENT_CACHE_SIZE"):
+        load_settings({"DATABASE_STATEMENT_CACHE_SIZE": "-1"})
