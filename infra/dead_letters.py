@@ -1,10 +1,21 @@
-"""Messages whose task gave up, kept in the shared dead_letters table to be redriven."""
+"""Messages whose task gave up, kept in the shared dead_letters table to be redriven.
+
+Reading a dead letter's arguments and redriving it take the worker role's grants; the
+gateway's role sees only ``id`` and ``redriven_at`` (``state``, ``count_open``).
+"""
 from __future__ import annotations
 
 import json
 import uuid
 
+from infra import pagination
+from infra.errors import InvalidState, NotFound
+
 SCHEMA = "public"
+LIST_TASK, REDRIVE_TASK = "dead_letters.list", "dead_letters.redrive"  # run by a worker (workers/tasks.py)
+STATES = ("open", "all")
+_MAX_EVENTS = 20
+_SUBJECTS = ("order_id", "product_id", "user_id")
 
 
 async def record(db, *, task_name: str, task_id: str | None, queue: str | None, args: list, kwargs: dict,
@@ -24,6 +35,63 @@ async def list_open(db, *, limit: int = 100) -> list[dict]:
         limit,
     )
     return [{**r, "args": json.loads(r["args"]), "kwargs": json.loads(r["kwargs"])} for r in rows]
+
+
+class DeadLetterNotFound(NotFound):
+    slug = "dead-letter-not-found"
+
+
+class AlreadyRedriven(InvalidState):
+    slug = "dead-letter-redriven"
+
+
+async def list_page(db, *, state: str, limit: int, before: tuple | None) -> list[dict]:
+    """Dead letters newest first (``state`` open: not redriven yet), their arguments summarised."""
+    args: list = []
+    where = "redriven_at IS NULL" if state == "open" else "true"
+    tail = pagination.newest_first(args, before=before, limit=limit)
+    rows = await db.fetch_all(
+        "SELECT id, task_name, task_id, queue, args, error, attempts, created_at, redriven_at "
+        "FROM {{tables.dead_letters}} WHERE " + where + tail, *args)
+    return [{**r, "args": summarise(json.loads(r["args"]))} for r in rows]
+
+
+def summarise(args: list) -> dict:
+    """What identifies a dead letter's message without its payload (which may hold customers'
+    addresses): how many arguments, and each event's id, type, time and subject (an order,
+    product or user id)."""
+    found = []
+    for arg in args if isinstance(args, list) else [args]:
+        if isinstance(arg, dict):  # one event
+            found.append(arg)
+        elif isinstance(arg, list):  # a batch of events
+            found += [event for event in arg if isinstance(event, dict)]
+    events = []
+    for event in found[:_MAX_EVENTS]:
+        payload = event.get("payload") if isinstance(event.get("payload"), dict) else {}
+        subject = next((f"{key}:{payload[key]}" for key in _SUBJECTS if _is_uuid(payload.get(key))), None)
+        events.append({"id": _short(event.get("id")), "type": _short(event.get("type")),
+                       "occurred_at": _short(event.get("occurred_at")), "subject": subject})
+    return {"arguments": len(args) if isinstance(args, list) else 1, "events": events,
+            "more_events": max(0, len(found) - _MAX_EVENTS)}
+
+
+def _is_uuid(value) -> bool:
+    try:
+        uuid.UUID(value)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return True
+
+
+def _short(value) -> str | None:
+    return None if value is None else str(value)[:100]
+
+
+async def state(db, *, dead_letter_id: uuid.UUID) -> str | None:
+    """``open``, ``redriven``, or None for no such dead letter (the gateway's grant suffices)."""
+    row = await db.fetch_one("SELECT redriven_at FROM {{tables.dead_letters}} WHERE id = $1", dead_letter_id)
+    return None if row is None else "open" if row["redriven_at"] is None else "redriven"
 
 
 async def count_open(db) -> int:

@@ -1,19 +1,31 @@
-"""Opaque keyset cursors: (created_at, id) of the last row, base64url-encoded."""
+"""Opaque keyset cursors: (created_at, id) of the last row, base64url-encoded.
+
+Ids are UUIDs, or bigints for tables keyed by a sequence (``decode(..., id_type=bigint)``).
+"""
 from __future__ import annotations
 
 import base64
 import uuid
 from datetime import datetime, timezone
+from typing import Any, Callable
 
 from infra.errors import ValidationFailed
 
 
-def encode(created_at: datetime, row_id: uuid.UUID) -> str:
+def encode(created_at: datetime, row_id: uuid.UUID | int) -> str:
     raw = f"{created_at.isoformat()}|{row_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+def bigint(text: str) -> int:
+    """A row id of a bigint column, as a cursor carries it."""
+    value = int(text)
+    if not -(2**63) <= value < 2**63 or text != str(value):
+        raise ValueError("not a bigint")
+    return value
+
+
+def decode(cursor: str | None, *, id_type: Callable[[str], Any] = uuid.UUID) -> tuple[datetime, Any] | None:
     if not cursor:
         return None
     try:
@@ -22,7 +34,7 @@ def decode(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
         moment = datetime.fromisoformat(when)
         if moment.tzinfo is None:
             raise ValueError("naive timestamp")
-        return moment.astimezone(timezone.utc), uuid.UUID(row_id)
+        return moment.astimezone(timezone.utc), id_type(row_id)
     except (ValueError, UnicodeDecodeError, OverflowError):
         raise ValidationFailed("the cursor is not valid", errors={"cursor": ["Not a valid cursor."]}) from None
 

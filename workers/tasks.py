@@ -14,7 +14,10 @@ What a lost message would strand, the beat sweeps re-announce (``orders.reconcil
 """
 from __future__ import annotations
 
+import json
 import logging
+import uuid
+from datetime import datetime
 
 import asyncpg
 from celery import Task
@@ -23,7 +26,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from kombu.exceptions import OperationalError
 from opentelemetry import propagate, trace
 
-from infra import dead_letters, runtime
+from infra import dead_letters, pagination, runtime
 from infra.errors import Unavailable
 from services import wiring
 from workers import relay
@@ -161,3 +164,37 @@ for _domain in wiring():
 @periodic("outbox.sweep")
 def sweep() -> int:
     return relay.sweep()
+
+
+# -- dead letters, for the gateway's admin API: only the worker role may read and redrive them --
+REPLY_TTL_SECONDS = 60
+
+
+def _json(value):
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+@app.task(name=dead_letters.LIST_TASK, acks_late=False, ignore_result=True)
+def list_dead_letters(*, reply_to: str, state: str, limit: int, cursor: str | None = None) -> None:
+    """One page of dead letters, answered on the Redis list ``reply_to`` (there is no result
+    backend); the gateway waits for it, and the answer expires if it stopped waiting."""
+    db = runtime.db()
+    rows = db.run(dead_letters.list_page, db.manager(dead_letters.SCHEMA), state=state, limit=limit,
+                  before=pagination.decode(cursor))
+    answer = json.dumps(pagination.page(rows, limit), default=_json)
+    runtime.get().redis.pipeline().rpush(reply_to, answer).expire(reply_to, REPLY_TTL_SECONDS).execute()
+
+
+@app.task(name=dead_letters.REDRIVE_TASK, base=DomainTask, bind=True)
+def redrive_dead_letters(self, *, ids: list[str] | None = None) -> int:
+    """Send the named (or every open) dead letter again and mark it redriven; one already
+    redriven is left alone, so a repeated request sends nothing twice."""
+
+    def send(task_name, task_args, task_kwargs, queue):
+        app.send_task(task_name, args=task_args, kwargs=task_kwargs, queue=queue or None)
+
+    db = runtime.db()
+    done = db.run(dead_letters.redrive, db.manager(dead_letters.SCHEMA),
+                  ids=None if ids is None else [uuid.UUID(i) for i in ids], send=send, timeout=50)
+    logger.info("dead letters redriven", extra={"count": len(done), "ids": [str(i) for i in done]})
+    return len(done)

@@ -65,6 +65,7 @@ ROUTES: tuple[Route, ...] = (
     )),
     Route("/api/orders", "orders", (
         *_ops("/api/orders", "GET", "POST"),
+        *_ops("/api/orders/search", "GET"),
         *_ops(f"/api/orders/{_ID}", "GET"),
         *_ops(f"/api/orders/{_ID}/cancel", "POST"),
     )),
@@ -72,6 +73,7 @@ ROUTES: tuple[Route, ...] = (
         *_ops("/api/inventory/products", "GET", "POST", public=("GET",)),
         *_ops(f"/api/inventory/products/{_ID}", "GET", "PATCH", public=("GET",)),
         *_ops(f"/api/inventory/products/{_ID}/stock", "POST"),
+        *_ops(f"/api/inventory/products/{_ID}/movements", "GET"),
     )),
     Route("/api/notifications", "notifications", (
         *_ops("/api/notifications", "GET"),
@@ -83,6 +85,11 @@ ROUTES: tuple[Route, ...] = (
 # that another method on their paths is a 405 with Allow, as on every other path of the API.
 OWN_ROUTES: tuple[Route, ...] = (
     Route("/api/services", "gateway", _ops("/api/services", "GET")),
+    Route("/api/dead-letters", "gateway", (
+        *_ops("/api/dead-letters", "GET"),
+        *_ops("/api/dead-letters/redrive", "POST"),
+        *_ops(f"/api/dead-letters/{_ID}/redrive", "POST"),
+    )),
 )
 
 

@@ -1,4 +1,5 @@
-"""The gateway's own endpoints: the merged OpenAPI document, the docs page, the registry.
+"""The gateway's own endpoints: the merged OpenAPI document, the docs page, the registry,
+dead letters.
 
 The docs page is Swagger UI from the files the ``flask-swagger-ui`` package installs,
 served here under ``/api/docs/``: no CDN, so it works offline, and no inline script or
@@ -7,8 +8,11 @@ style, so it works under the strict Content-Security-Policy it is served with.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
+import uuid
+from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
 
@@ -21,7 +25,11 @@ from app.auth import admin_required
 from app.blueprint import Blueprint, problem_response
 from app.gateway.routes import ROUTES
 from app.gateway.upstreams import UpstreamDown, Upstreams
-from infra import registry, runtime
+from infra import dead_letters, pagination, registry, runtime
+from infra.errors import Unavailable
+from infra.validation import Line, PageQuerySchema, Text
+
+logger = logging.getLogger(__name__)
 
 SWAGGER_UI = Path(flask_swagger_ui.__file__).parent / "dist"
 STATIC = Path(__file__).parent / "static"
@@ -78,6 +86,136 @@ def services():
     return jsonify(items=[{**r, "status": "up" if r["healthy"] else "stale",
                            "started_at": r["started_at"].isoformat(),
                            "heartbeat_at": r["heartbeat_at"].isoformat()} for r in rows])
+
+
+# -- dead letters -----------------------------------------------------------------------
+# Only the worker role may read a dead letter's message or redrive it (infra/roles.py); the
+# gateway's role sees ids and redriven_at alone. So the gateway answers these routes, checks
+# what it may see itself (an unknown id, one redriven already), and asks a worker for the
+# rest through the broker: a page comes back on a Redis list, a redrive is done by the worker.
+WORKER_ANSWER_SECONDS = 10
+
+
+class DeadLetterQuerySchema(PageQuerySchema):
+    state = Line(load_default="open", validate=validate.OneOf(dead_letters.STATES),
+                 metadata={"description": "`open`: not redriven yet (the default); `all`: redriven ones too"})
+
+
+class EventSummarySchema(Schema):
+    id = Text(allow_none=True, metadata={"example": "3c5e7a9b-1d2f-4a6b-8c0d-2e4f6a8b0c1d"})
+    type = Text(allow_none=True, metadata={"example": "order.placed"})
+    occurred_at = Text(allow_none=True, metadata={"example": "2025-01-15T10:00:00+00:00"})
+    subject = Text(allow_none=True, metadata={"description": "What the event is about: `order_id:`, `product_id:` "
+                                                             "or `user_id:` and a UUID",
+                                              "example": "order_id:6f1c2a4e-8f3b-4d2a-9c1e-2b7d5a9e0f11"})
+
+
+class ArgsSummarySchema(Schema):
+    arguments = fields.Integer(metadata={"description": "How many arguments the task had", "example": 1})
+    events = fields.List(fields.Nested(EventSummarySchema),
+                         metadata={"description": "The events it carried (at most 20), without their payloads"})
+    more_events = fields.Integer(metadata={"description": "Events left out of `events`", "example": 0})
+
+
+class DeadLetterSchema(Schema):
+    id = fields.UUID()
+    task_name = Text(metadata={"example": "inventory.reserve"})
+    task_id = Text(allow_none=True)
+    queue = Text(allow_none=True, metadata={"example": "inventory"})
+    error = Text(metadata={"example": "ValueError: badly formed hexadecimal UUID string"})
+    attempts = fields.Integer(metadata={"example": 1})
+    created_at = fields.AwareDateTime(format="iso")
+    redriven_at = fields.AwareDateTime(format="iso", allow_none=True)
+    args_summary = fields.Nested(ArgsSummarySchema)
+
+
+class DeadLetterPageSchema(Schema):
+    items = fields.List(fields.Nested(DeadLetterSchema))
+    next_cursor = Text(allow_none=True)
+
+
+class RedriveSchema(Schema):
+    accepted = fields.Integer(metadata={"description": "Dead letters a worker is redriving", "example": 1})
+
+
+def _publish(task: str, *, expires: float | None = None, **kwargs) -> None:
+    from kombu.exceptions import KombuError
+
+    from workers.celery_app import app as celery
+
+    try:
+        celery.send_task(task, kwargs=kwargs, expires=expires)
+    except (KombuError, OSError) as exc:
+        logger.warning("could not publish to the broker", extra={"task": task, "error": type(exc).__name__})
+        raise Unavailable("the broker is unavailable, retry later") from None
+
+
+def _ask_worker(task: str, **kwargs) -> dict:
+    """Publish ``task`` and wait for its answer on a Redis list of its own."""
+    import redis
+
+    reply_to = f"oms:reply:{uuid.uuid4().hex}"
+    _publish(task, reply_to=reply_to, expires=WORKER_ANSWER_SECONDS, **kwargs)  # nobody waits after that
+    deadline = time.monotonic() + WORKER_ANSWER_SECONDS
+    client = runtime.get().redis
+    while time.monotonic() < deadline:
+        try:
+            found = client.blpop([reply_to], timeout=1)
+        except redis.RedisError:
+            raise Unavailable("Redis is unavailable, retry later") from None
+        if found:
+            return json.loads(found[1])
+    raise Unavailable("no worker answered in time, retry later", retry_after=2)
+
+
+def _dead_letter(row: dict) -> dict:
+    """A row as the worker sent it (JSON), for DeadLetterSchema."""
+    return {**row, "created_at": datetime.fromisoformat(row["created_at"]),
+            "redriven_at": row["redriven_at"] and datetime.fromisoformat(row["redriven_at"]),
+            "args_summary": row["args"]}
+
+
+@blp.route("/dead-letters", methods=["GET"])
+@blp.bearer(admin=True)
+@admin_required
+@blp.arguments(DeadLetterQuerySchema, location="query")
+@blp.response(200, DeadLetterPageSchema)
+def list_dead_letters(query):
+    """Messages whose task gave up, newest first: their task, queue, error, attempts and a summary of
+    their arguments (ids and event types, never payloads) (admin)."""
+    pagination.decode(query["cursor"])  # refused here, not by the worker
+    page = _ask_worker(dead_letters.LIST_TASK, state=query["state"], limit=query["limit"], cursor=query["cursor"])
+    return {"items": [_dead_letter(row) for row in page["items"]], "next_cursor": page["next_cursor"]}
+
+
+@blp.route("/dead-letters/redrive", methods=["POST"])
+@blp.bearer(admin=True)
+@admin_required
+@blp.response(202, RedriveSchema)
+def redrive_dead_letters():
+    """Send every open dead letter again; a worker does it and marks each redriven (admin)."""
+    db = runtime.db()
+    accepted = db.run(dead_letters.count_open, db.manager(dead_letters.SCHEMA))
+    if accepted:
+        _publish(dead_letters.REDRIVE_TASK, ids=None)
+    return {"accepted": accepted}
+
+
+@blp.route("/dead-letters/<uuid:dead_letter_id>/redrive", methods=["POST"])
+@blp.bearer(admin=True)
+@blp.problems(404, 409)
+@admin_required
+@blp.response(202, RedriveSchema)
+def redrive_dead_letter(dead_letter_id):
+    """Send one dead letter again; a worker does it and marks it redriven; 409 if it was already (admin)."""
+    db = runtime.db()
+    state = db.run(dead_letters.state, db.manager(dead_letters.SCHEMA), dead_letter_id=dead_letter_id)
+    if state is None:
+        raise dead_letters.DeadLetterNotFound("no such dead letter")
+    if state == "redriven":
+        raise dead_letters.AlreadyRedriven("this dead letter was redriven already")
+    _publish(dead_letters.REDRIVE_TASK, ids=[str(dead_letter_id)])
+    return {"accepted": 1}
 
 
 # -- the merged document ------------------------------------------------------------------

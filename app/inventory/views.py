@@ -8,6 +8,8 @@ from app.blueprint import Blueprint
 from app.auth import admin_required
 from services.inventory import service
 from services.inventory.schemas import (
+    MovementPageSchema,
+    MovementQuerySchema,
     ProductCreateSchema,
     ProductPageSchema,
     ProductPatchSchema,
@@ -69,3 +71,14 @@ class Product(MethodView):
 def adjust_stock(body, product_id):
     """Add or remove on-hand stock (admin); refused if available would go negative."""
     return service.adjust_stock(product_id=product_id, **body, actor=_actor())
+
+
+@blp.route("/products/<uuid:product_id>/movements", methods=["GET"])
+@blp.bearer(admin=True)
+@blp.problems(404)
+@admin_required
+@blp.arguments(MovementQuerySchema, location="query")
+@blp.response(200, MovementPageSchema)
+def movements(query, product_id):
+    """The product's stock movements (initial stock, admins' changes, fulfilments), newest first (admin)."""
+    return service.list_movements(product_id=product_id, **query)

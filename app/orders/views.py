@@ -6,10 +6,16 @@ from flask.views import MethodView
 from flask_jwt_extended import get_jwt, jwt_required
 from app.blueprint import Blueprint
 
-from app.auth import current_user_id
+from app.auth import admin_required, current_user_id
 from infra.errors import ValidationFailed
 from services.orders import service
-from services.orders.schemas import ListQuerySchema, OrderPageSchema, OrderSchema, PlaceOrderSchema
+from services.orders.schemas import (
+    ListQuerySchema,
+    OrderPageSchema,
+    OrderSchema,
+    PlaceOrderSchema,
+    SearchQuerySchema,
+)
 
 blp = Blueprint("orders", __name__, url_prefix="/api/orders", description="Orders")
 
@@ -64,6 +70,17 @@ class Orders(MethodView):
     def get(self, query):
         """The caller's orders, newest first."""
         return service.list_orders(user_id=current_user_id(), **query)
+
+
+@blp.route("/search", methods=["GET"])
+@blp.bearer(admin=True)
+@admin_required
+@blp.arguments(SearchQuerySchema, location="query")
+@blp.response(200, OrderPageSchema)
+def search(query):
+    """Every customer's orders, newest first, by status, reason, time placed, order id, user id or
+    customer email (admin)."""
+    return service.search_orders(**query)
 
 
 @blp.route("/<uuid:order_id>")

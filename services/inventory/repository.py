@@ -7,7 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
-from infra import messaging
+from infra import messaging, pagination
 from services.inventory import events
 from services.inventory.errors import InsufficientStock, ProductNotFound, SkuTaken
 from services.inventory.schemas import MAX_STOCK  # on_hand is an integer column: stay far below it
@@ -118,6 +118,18 @@ async def adjust_stock(db, *, product_id: uuid.UUID, delta: int, reason: str, ac
             product_id, delta, reason, actor,
         )
         return product
+
+
+async def list_movements(db, *, product_id: uuid.UUID, limit: int, before: tuple | None) -> list[dict] | None:
+    """The product's stock movements, newest first; None if there is no such product."""
+    args: list = [product_id]
+    tail = pagination.newest_first(args, before=before, limit=limit)
+    rows = await db.fetch_all(
+        "SELECT id, delta, reason, actor, order_id, created_at FROM {{tables.stock_movements}} "
+        "WHERE product_id = $1" + tail, *args)
+    if not rows and not await db.fetch_value("SELECT true FROM {{tables.products}} WHERE id = $1", product_id):
+        return None
+    return rows
 
 
 # -- reservations (run by workers, one transaction per event) ----------------------

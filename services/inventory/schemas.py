@@ -55,3 +55,21 @@ class ProductSchema(Schema):
 class ProductPageSchema(Schema):
     items = fields.List(fields.Nested(ProductSchema))
     next_cursor = Text(allow_none=True)
+
+
+MovementQuerySchema = PageQuerySchema
+
+
+class MovementSchema(Schema):
+    id = fields.Integer(metadata={"description": "Increases with each movement"})
+    delta = fields.Integer(metadata={"description": "Change of on-hand stock", "example": -2})
+    reason = Text(metadata={"example": "order fulfilled"})
+    actor = Text(metadata={"description": "`user:<id>` for an admin's change, `system` for the order pipeline",
+                           "example": "system"})
+    order_id = fields.UUID(allow_none=True, metadata={"description": "The order a fulfilment took the stock for"})
+    created_at = fields.AwareDateTime(format="iso")
+
+
+class MovementPageSchema(Schema):
+    items = fields.List(fields.Nested(MovementSchema))
+    next_cursor = Text(allow_none=True)

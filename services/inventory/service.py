@@ -69,6 +69,15 @@ def adjust_stock(*, product_id: uuid.UUID, delta: int, reason: str, actor: str) 
     return _run(repository.adjust_stock, product_id=product_id, delta=delta, reason=reason, actor=actor)
 
 
+def list_movements(*, product_id: uuid.UUID, limit: int = 20, cursor: str | None = None) -> dict:
+    """The product's stock ledger, newest first (admins)."""
+    rows = _run(repository.list_movements, product_id=product_id, limit=limit,
+                before=pagination.decode(cursor, id_type=pagination.bigint))
+    if rows is None:
+        raise ProductNotFound("no such product")
+    return pagination.page(rows, limit)
+
+
 # -- event handlers (called by Celery tasks) -----------------------------------------
 def reserve_order(*, event: dict) -> None:
     payload = event["payload"]

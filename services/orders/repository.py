@@ -102,6 +102,45 @@ async def list_orders(db, *, user_id: uuid.UUID, limit: int, before: tuple | Non
     return [_hydrate(r) for r in rows]
 
 
+async def search_orders(db, *, limit: int, before: tuple | None, status: str | None = None,
+                        reason: str | None = None, created_from: datetime | None = None,
+                        created_to: datetime | None = None, order_or_user_id: uuid.UUID | None = None,
+                        email: str | None = None) -> list[dict]:
+    """Every customer's orders, newest first, narrowed by whichever filters are given."""
+    conditions, args = [], []
+
+    def where(condition: str, value) -> None:
+        args.append(value)
+        conditions.append(condition.replace("?", f"${len(args)}"))
+
+    if status is not None:
+        where("o.status = ?", status)
+    if reason is not None:
+        where("o.reason = ?", reason)
+    if created_from is not None:
+        where("o.created_at >= ?", created_from)
+    if created_to is not None:
+        where("o.created_at < ?", created_to)
+    if order_or_user_id is not None:
+        where("(o.id = ? OR o.user_id = ?)", order_or_user_id)
+    if email is not None:
+        where("o.user_id IN (SELECT c.user_id FROM {{tables.customers}} c WHERE c.email = ?)", email.lower())
+    tail = pagination.newest_first(args, before=before, limit=limit, alias="o")
+    rows = await db.fetch_all(
+        "SELECT " + ORDER + " FROM {{tables.orders}} o WHERE " + (" AND ".join(conditions) or "true") + tail, *args)
+    return [_hydrate(r) for r in rows]
+
+
+async def remember_customer(db, *, user_id: uuid.UUID, email: str, updated_at: datetime) -> None:
+    """user.registered / user.updated: the customer's email, the newest profile winning."""
+    await db.execute(
+        "INSERT INTO {{tables.customers}} (user_id, email, updated_at) VALUES ($1, $2, $3) "
+        "ON CONFLICT (user_id) DO UPDATE SET email = EXCLUDED.email, updated_at = EXCLUDED.updated_at "
+        "WHERE {{tables.customers}}.updated_at < EXCLUDED.updated_at",
+        user_id, email.lower(), updated_at,
+    )
+
+
 def _summary(order: dict) -> dict:
     """What consumers of an order event need to know, without reading our tables."""
     return {

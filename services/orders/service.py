@@ -7,6 +7,7 @@ import math
 import threading
 import time
 import uuid
+from datetime import datetime
 
 from infra import pagination, runtime
 from infra.errors import Unavailable, ValidationFailed
@@ -140,6 +141,23 @@ def list_orders(*, user_id: uuid.UUID, limit: int = 20, cursor: str | None = Non
     return pagination.page(rows, limit)
 
 
+def search_orders(*, limit: int = 20, cursor: str | None = None, status: str | None = None,
+                  reason: str | None = None, created_from: datetime | None = None,
+                  created_to: datetime | None = None, q: str | None = None) -> dict:
+    """Every customer's orders, newest first (admins). ``q`` is an order id or a customer's
+    user id, or a customer's email as users' events told it (``remember_customer``)."""
+    by_id = by_email = None
+    if q is not None:
+        try:
+            by_id = uuid.UUID(q)
+        except ValueError:
+            by_email = q
+    rows = _run(repository.search_orders, limit=limit, before=pagination.decode(cursor), status=status,
+                reason=reason, created_from=created_from, created_to=created_to, order_or_user_id=by_id,
+                email=by_email)
+    return pagination.page(rows, limit)
+
+
 def cancel_order(*, order_id: uuid.UUID, user_id: uuid.UUID, is_admin: bool = False) -> dict:
     order, event = _run(repository.cancel, order_id=order_id, user_id=user_id, is_admin=is_admin)
     _publish(event)
@@ -169,6 +187,13 @@ def expire_reservations(*, limit: int = 500) -> int:
 def track_product(*, event: dict) -> None:
     """inventory.product_changed: keep the read model of the catalog up to date."""
     _run(repository.track_product, product=event["payload"])
+
+
+def remember_customer(*, event: dict) -> None:
+    """user.registered / user.updated: keep the customer's email, which the search finds orders by."""
+    profile = event["payload"]
+    _run(repository.remember_customer, user_id=uuid.UUID(profile["user_id"]), email=profile["email"],
+         updated_at=datetime.fromisoformat(profile["updated_at"]))
 
 
 def catalog_is_empty() -> bool:

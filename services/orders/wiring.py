@@ -10,6 +10,7 @@ domain = Domain(
         Consumer("orders.fulfil", ("order.reserved",), service.fulfil_order, delayed=True),
         Consumer("orders.settle_stock", ("inventory.committed", "inventory.released"), service.settle_stock),
         Consumer("orders.track_product", ("inventory.product_changed",), service.track_product),
+        Consumer("orders.remember_customer", ("user.registered", "user.updated"), service.remember_customer),
     ),
     periodic=(
         Periodic("orders.expire_reservations", service.expire_reservations,

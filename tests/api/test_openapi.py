@@ -96,7 +96,10 @@ def test_each_service_document_is_valid_openapi_and_resolves_every_ref(documents
 def test_the_merged_document_is_valid_openapi_and_resolves_every_ref(merged):
     assert_valid(merged)
     assert {path for path in merged["paths"]} >= {"/api/users", "/api/orders", "/api/services",
-                                                 "/api/inventory/products/{product_id}/stock"}
+                                                 "/api/inventory/products/{product_id}/stock",
+                                                 "/api/orders/search", "/api/inventory/products/{product_id}/movements",
+                                                 "/api/dead-letters", "/api/dead-letters/redrive",
+                                                 "/api/dead-letters/{dead_letter_id}/redrive"}
 
 
 def test_merging_keeps_shared_components_once_and_namespaces_the_rest(merged):
@@ -133,7 +136,10 @@ def test_every_operation_declares_the_errors_it_can_give(merged):
     public = {("POST", "/api/users"), ("POST", "/api/auth/login"), ("POST", "/api/auth/refresh"),
               ("GET", "/api/inventory/products"), ("GET", "/api/inventory/products/{product_id}")}
     admin = {("POST", "/api/inventory/products"), ("PATCH", "/api/inventory/products/{product_id}"),
-             ("POST", "/api/inventory/products/{product_id}/stock"), ("GET", "/api/services")}
+             ("POST", "/api/inventory/products/{product_id}/stock"), ("GET", "/api/services"),
+             ("GET", "/api/orders/search"), ("GET", "/api/inventory/products/{product_id}/movements"),
+             ("GET", "/api/dead-letters"), ("POST", "/api/dead-letters/redrive"),
+             ("POST", "/api/dead-letters/{dead_letter_id}/redrive")}
     for method, path, operation in operations(merged):
         statuses = _statuses(operation)
         where = (method, path)
@@ -157,6 +163,7 @@ def test_every_operation_declares_the_errors_it_can_give(merged):
     for where, status in [(("POST", "/api/users"), "409"), (("POST", "/api/inventory/products"), "409"),
                           (("POST", "/api/orders/{order_id}/cancel"), "409"),
                           (("POST", "/api/inventory/products/{product_id}/stock"), "409"),
+                          (("POST", "/api/dead-letters/{dead_letter_id}/redrive"), "409"),
                           (("POST", "/api/auth/login"), "401"), (("POST", "/api/auth/login"), "429")]:
         operation = merged["paths"][where[1]][where[0].lower()]
         assert status in operation["responses"], (where, status)

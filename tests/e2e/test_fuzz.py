@@ -129,6 +129,7 @@ def fuzz_target(request) -> Target:
         # fuzzer does not reach (a 429 is a documented answer, and would hide everything behind it).
         stack_env = request.getfixturevalue("stack_env")
         orders, notifications = request.getfixturevalue("live_orders"), request.getfixturevalue("live_notifications")
+        request.getfixturevalue("live_worker")  # the whole system: the dead-letter list is read by a worker
         gateway = Live("gateway", {**stack_env, "ORDERS_URL": orders.url, "NOTIFICATIONS_URL": notifications.url},
                        RATE_LIMIT_DEFAULT=LIMITLESS, RATE_LIMIT_LOGIN=LIMITLESS,
                        WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
