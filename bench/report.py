@@ -262,7 +262,8 @@ def _overload(results: dict, budget: float) -> list[str]:
          "generator), and from the database the accepted orders' latency to fulfilled and whether any was lost "
          f"(in the database and terminal after the drain). The latency budget (ORDER_LATENCY_BUDGET_SECONDS) is "
          f"{budget:g} s: placement refuses with 503 and a Retry-After header while the oldest order not yet "
-         "reserved has waited half of it, so that accepted orders are fulfilled within it.", ""]
+         "reserved has waited half of it, or more orders wait than the pipeline decided in the last half of it, "
+         "so that accepted orders are fulfilled within it.", ""]
     rows = []
     for n, x in runs:
         a = admission(x)

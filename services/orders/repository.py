@@ -330,16 +330,23 @@ async def remember_products(db, *, products: list[dict]) -> None:
     )
 
 
-async def oldest_pending_age(db, *, within_seconds: float) -> float:
-    """Seconds since the oldest order not yet reserved was placed (0 when none waits).
+async def pipeline_load(db, *, within_seconds: float, recent_seconds: float) -> dict:
+    """What admission control reads: ``age``, seconds since the oldest order not yet reserved
+    was placed (0 when none waits); ``waiting``, how many are not yet reserved; ``decided``,
+    how many left ``pending`` (reserved, rejected or cancelled) in the last ``recent_seconds``.
 
     Only orders placed in the last ``within_seconds`` count: an older one is stranded (a lost
     message, which reconciliation re-announces), not a backlog that new orders queue behind;
     a real backlog that old has younger orders waiting too, and they count.
     """
-    return await db.fetch_value(
-        "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM {{tables.orders}} "
-        "WHERE status = 'pending' AND created_at > now() - make_interval(secs => $1)", float(within_seconds))
+    row = await db.fetch_one(
+        "SELECT coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending')), 0)::float8"
+        " AS age, count(*) FILTER (WHERE status = 'pending') AS waiting,"
+        " count(*) FILTER (WHERE status <> 'pending'"
+        " AND coalesce(reserved_at, updated_at) > now() - make_interval(secs => $2)) AS decided"
+        " FROM {{tables.orders}} WHERE created_at > now() - make_interval(secs => $1)",
+        float(within_seconds), float(recent_seconds))
+    return dict(row)
 
 
 async def catalog_size(db) -> int:

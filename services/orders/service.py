@@ -96,37 +96,62 @@ def _price(lines: list[dict]) -> tuple[list[dict], str]:
 
 
 class _Admission:
-    """Admission control: the backlog's age, read at most every ``interval`` seconds per process."""
+    """Admission control's view of the backlog, read at most every ``interval`` seconds per process.
+
+    Two measures, both from the orders table: how long the oldest order not yet reserved has
+    waited, and how many wait against how many the pipeline decided (reserved, rejected or
+    cancelled) in the last half budget, the queue ahead of a new order against the drain
+    measured under the current load. Orders this process admitted since its last read count
+    as waiting: between two reads a burst of requests would otherwise all be let in.
+    """
 
     interval = 0.25
+    # A queue this short is always let in: at light load too few orders are decided to
+    # measure a drain (one pending neighbour and nothing decided in the last second is
+    # normal), and at any drain this pipeline has it waits a fraction of the budget.
+    min_queue = 8
 
     def __init__(self):
         self.lock = threading.Lock()
         self.read_at = -math.inf
         self.age = 0.0
+        self.waiting = 0
+        self.decided = 0
 
-    def backlog_age(self, budget: float) -> float:
+    def refusal(self, budget: float) -> float | None:
+        """Seconds over half the budget a new order would wait (None: admit it), counting it."""
         with self.lock:
             if time.monotonic() - self.read_at >= self.interval:
-                self.age = _run(repository.oldest_pending_age, within_seconds=10 * budget)
+                load = _run(repository.pipeline_load, within_seconds=10 * budget, recent_seconds=budget / 2)
+                self.age, self.waiting, self.decided = load["age"], load["waiting"], load["decided"]
                 self.read_at = time.monotonic()
-            return self.age
+            half = budget / 2
+            if self.age > half:
+                return self.age - half
+            if self.waiting >= max(self.min_queue, self.decided):
+                # Little's law: the queue ahead drains at decided / half, so it waits past half
+                # the budget; by how much is its excess at that rate.
+                return half * (self.waiting + 1 - max(self.decided, 1)) / max(self.decided, 1)
+            self.waiting += 1  # admitted: it waits ahead of the next one until the next read
+            return None
 
 
 _admission = _Admission()
 
 
 def _admit() -> None:
-    """Refuse a new order while the oldest one not yet reserved has waited half the budget:
-    one placed now would wait as long before its reservation, and reservation, fulfilment
-    and mails need the other half. ORDER_LATENCY_BUDGET_SECONDS=0 admits everything."""
+    """Refuse a new order while the pipeline is over half the latency budget: the oldest
+    order not yet reserved has waited that long, or more orders wait than the pipeline
+    decided in the last half budget. One placed now would wait as long before its
+    reservation, and reservation, fulfilment and mails need the other half.
+    ORDER_LATENCY_BUDGET_SECONDS=0 admits everything."""
     budget = runtime.get().settings.order_latency_budget_seconds
     if budget <= 0:
         return
-    age = _admission.backlog_age(budget)
-    if age > budget / 2:
+    over = _admission.refusal(budget)
+    if over is not None:
         raise PipelineOverloaded("the order pipeline is over its latency budget, retry later",
-                                 retry_after=max(1, math.ceil(age - budget / 2)))
+                                 retry_after=max(1, math.ceil(over)))
 
 
 def get_order(*, order_id: uuid.UUID, user_id: uuid.UUID, is_admin: bool = False) -> dict:
