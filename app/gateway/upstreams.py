@@ -88,7 +88,10 @@ class Upstreams:
         return healthy[start:] + healthy[:start]
 
     def eject(self, url: str) -> None:
-        self._ejected[url] = time.monotonic() + self.settings.registry_ttl_seconds
+        # Until its last heartbeat has aged out of the registry (TTL) and this process has
+        # read the registry again (one refresh interval): sooner, a stale list brings it back.
+        self._ejected[url] = (time.monotonic() + self.settings.registry_ttl_seconds
+                              + self.settings.registry_heartbeat_seconds)
 
     # -- circuit breakers ------------------------------------------------------------
     def breaker(self, service: str) -> pybreaker.CircuitBreaker:
