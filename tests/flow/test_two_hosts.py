@@ -77,7 +77,9 @@ def _tasks_run(worker: Worker) -> int:
     prefix = args[args.index("-n") + 1].split("@")[0] + "@"
 
     def reply():  # a busy worker may miss one inspect's deadline
-        replies = app.control.inspect(timeout=3).stats() or {}
+        # A connection of its own: an in-process test worker (start_worker) closes the app's pool when it stops.
+        with app.connection_for_write() as connection:
+            replies = app.control.inspect(timeout=3, connection=connection).stats() or {}
         return next((stats for node, stats in replies.items() if node.startswith(prefix)), None)
 
     stats = wait_for(reply, timeout=30, interval=0.5, what=f"{prefix} to answer inspect stats")
