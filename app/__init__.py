@@ -22,13 +22,14 @@ def create_app(service: str, settings: Settings | None = None) -> Flask:
     from app.blueprint import Api
     from services.users.sessions import store as sessions
 
-    app = Flask(f"oms.{service}")
+    # No app-wide /static: on the gateway that path is the web console's, which serves its own.
+    app = Flask(f"oms.{service}", static_folder=None)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         API_TITLE=f"oms {service}",
         API_VERSION="1.0",
         OPENAPI_VERSION="3.0.3",
-        OPENAPI_URL_PREFIX="/",
+        OPENAPI_URL_PREFIX=None if service == "web" else "/",  # the web console serves HTML, no API
         OPENAPI_JSON_PATH="openapi.json",
     )
     app.json.sort_keys = False
@@ -40,7 +41,13 @@ def create_app(service: str, settings: Settings | None = None) -> Flask:
     from app.auth import init_jwt
 
     init_jwt(app, settings, is_revoked=lambda **kw: sessions().is_revoked(**kw))
-    ready_checks = {"postgres": ops.check_database, "redis": ops.check_redis}
+    if service == "web":
+        from app import web
+
+        # The web console has no database: it needs its Redis (carts) and the gateway.
+        ready_checks = {"redis": web.check_redis, "gateway": web.check_gateway}
+    else:
+        ready_checks = {"postgres": ops.check_database, "redis": ops.check_redis}
     # Hooks run in the order registered: the trace span, request id and access log first,
     # then the refusals no rule may see (non-canonical paths, oversized bodies), then the
     # rules (limits, routing, auth), so that every answer, a refusal too, is traced and logged.
@@ -51,6 +58,8 @@ def create_app(service: str, settings: Settings | None = None) -> Flask:
         from app.gateway import proxy
 
         proxy.init_app(app, settings, ready_checks)
+    if service == "web":
+        web.init_app(app, settings)  # the storefront (and the place of the operations console)
     for blueprint in _blueprints(service):
         api.register_blueprint(blueprint)
     return app

@@ -143,8 +143,11 @@ def register(app: Flask, *, service: str, ready_checks: dict[str, Callable[[], N
         g.request_id = _request_id()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
+        # The API takes JSON; the web console's HTML forms (outside /api, which the
+        # gateway forwards to it) post form data.
         if (
-            request.method in _BODY_METHODS
+            (service not in ("gateway", "web") or request.path == "/api" or request.path.startswith("/api/"))
+            and request.method in _BODY_METHODS
             and (request.content_length or request.headers.get("Transfer-Encoding"))
             and not request.is_json
         ):

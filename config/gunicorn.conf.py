@@ -45,11 +45,17 @@ def _advertised_url(settings) -> str:
 
 def post_worker_init(worker):
     from app import registry
+    from config.settings import WEB
     from infra import runtime
     from services import wiring
 
     app = worker.app.wsgi()
     settings, service = app.extensions["settings"], app.extensions["service"]
+    if service == WEB:
+        # The web console calls the gateway and keeps carts in Redis: no pool, no registry
+        # row (the gateway finds it at WEB_URL).
+        runtime.boot(settings.service_name or service, settings=settings, connect=False)
+        return
     # A service whose domain has an outbox hands committed events to Celery at once.
     publisher = None
     if any(domain.name == service and domain.outbox for domain in wiring()):
@@ -74,11 +80,11 @@ def worker_exit(server, worker):
 
 
 def on_exit(server):
-    from config.settings import load_settings
+    from config.settings import WEB, load_settings
 
     settings = load_settings()
     service = (getattr(server.app, "app_uri", None) or "").rpartition(":")[2]  # app.wsgi:<service>
-    if settings.registry_enabled and service:
+    if settings.registry_enabled and service and service != WEB:
         from app import registry
         from infra import roles
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 import sys
 from dataclasses import dataclass, field, fields
 from typing import Mapping
@@ -16,10 +17,16 @@ from typing import Mapping
 SERVICES = ("users", "orders", "inventory", "notifications")
 SCHEMAS = SERVICES  # one PostgreSQL schema per domain, named after it
 
-DEFAULT_PORTS = {"gateway": 8000, "users": 8001, "orders": 8002, "inventory": 8003, "notifications": 8004}
+DEFAULT_PORTS = {"gateway": 8000, "users": 8001, "orders": 8002, "inventory": 8003, "notifications": 8004,
+                 "web": 8005}
+# The web console (app/web): a client of the gateway that holds no database pool, no token
+# signing key and no place in the service registry; the gateway finds it at WEB_URL.
+WEB = "web"
 
-_DEV_SECRETS = {"JWT_SECRET_KEY": "dev-only-jwt-secret-change-me-0123456789abcdef"}
+_DEV_SECRETS = {"JWT_SECRET_KEY": "dev-only-jwt-secret-change-me-0123456789abcdef",
+                "WEB_SECRET_KEY": "dev-only-web-secret-change-me-0123456789abcdef"}
 _REQUIRED_IN_PRODUCTION = ("DATABASE_URL", "REDIS_URL", "JWT_SECRET_KEY")
+_REQUIRED_IN_PRODUCTION_BY_SERVICE = {WEB: ("REDIS_URL", "WEB_SECRET_KEY")}
 MIN_JWT_SECRET_BYTES = 32  # HS256 keys shorter than its 256-bit hash can be brute-forced offline
 
 # DB_POOL_MAX when it is not set, by SERVICE_NAME: the gateway only reads the registry,
@@ -220,10 +227,19 @@ class Settings:
     order_latency_budget_seconds: float = 2.0
     # Events for one consumer that are ready together travel as one message of at most this many.
     event_batch_max: int = 100
+    # The web console (app/web): where it calls the public API, and the key that signs its
+    # session cookie (the CSRF token's secret and who is signed in; WEB_SECRET_KEY).
+    gateway_url: str = "http://127.0.0.1:8000"
+    web_secret_key: Secret = field(default=Secret(_DEV_SECRETS["WEB_SECRET_KEY"]), repr=False)
 
     @property
     def production(self) -> bool:
         return self.app_env == "production"
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Browser cookies only over HTTPS: everywhere but development."""
+        return self.app_env != "development"
 
     @property
     def migrations_url(self) -> str:
@@ -263,22 +279,23 @@ class Settings:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     app_env = env.get("APP_ENV", "development")
+    web = env.get("SERVICE_NAME") == WEB
     if app_env == "production":
-        for name in _REQUIRED_IN_PRODUCTION:
+        for name in _REQUIRED_IN_PRODUCTION_BY_SERVICE.get(env.get("SERVICE_NAME", ""), _REQUIRED_IN_PRODUCTION):
             if not env.get(name):
                 raise ConfigError(f"configuration error: {name} must be set when APP_ENV=production")
-    jwt_secret = env.get("JWT_SECRET_KEY") or _DEV_SECRETS["JWT_SECRET_KEY"]
-    if app_env != "development" and (
-        jwt_secret == _DEV_SECRETS["JWT_SECRET_KEY"] or len(jwt_secret.encode()) < MIN_JWT_SECRET_BYTES
-    ):
-        raise ConfigError(
-            f"configuration error: JWT_SECRET_KEY must be set to a secret of at least {MIN_JWT_SECRET_BYTES} "
-            f"bytes, not the development one, when APP_ENV={app_env}"
-        )
+    if web and not env.get("JWT_SECRET_KEY"):
+        # The web console verifies no token (the gateway does): a key nobody else has.
+        jwt_secret = secrets.token_urlsafe(48)
+    else:
+        jwt_secret = _secret(env, "JWT_SECRET_KEY", app_env)
+    # Checked where it signs something (the web console); other processes never use it.
+    web_secret = _secret(env, "WEB_SECRET_KEY", app_env) if web else (
+        env.get("WEB_SECRET_KEY") or _DEV_SECRETS["WEB_SECRET_KEY"])
     ports = {name: _int(env, f"{name.upper()}_PORT", port) for name, port in DEFAULT_PORTS.items()}
     service_urls = {
         name: env.get(f"{name.upper()}_URL") or f"http://127.0.0.1:{ports[name]}"
-        for name in SERVICES
+        for name in (*SERVICES, WEB)
     }
     admin_password = env.get("ADMIN_PASSWORD")
     pooler = _choice(env, "DATABASE_POOLER", POOLERS)
@@ -361,7 +378,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         trace_sample_ratio=_ratio(env, "TRACE_SAMPLE_RATIO", 1.0 if app_env == "development" else 0.1),
         order_latency_budget_seconds=_float(env, "ORDER_LATENCY_BUDGET_SECONDS", 2.0),
         event_batch_max=_at_least_one(env, "EVENT_BATCH_MAX", 100),
+        gateway_url=(env.get("GATEWAY_URL") or f"http://127.0.0.1:{ports['gateway']}").rstrip("/"),
+        web_secret_key=Secret(web_secret),
     )
+
+
+def _secret(env: Mapping[str, str], name: str, app_env: str) -> str:
+    """A signing key: the development one only in development, else at least 32 bytes."""
+    value = env.get(name) or _DEV_SECRETS[name]
+    if app_env != "development" and (value == _DEV_SECRETS[name] or len(value.encode()) < MIN_JWT_SECRET_BYTES):
+        raise ConfigError(
+            f"configuration error: {name} must be set to a secret of at least {MIN_JWT_SECRET_BYTES} "
+            f"bytes, not the development one, when APP_ENV={app_env}"
+        )
+    return value
 
 
 def settings_or_exit(env: Mapping[str, str] | None = None) -> Settings:

@@ -161,6 +161,8 @@ def _run_procfile(env: dict[str, str], signals: _Signals, urls: dict[str, str]) 
                 if launcher.http_ok(urls["gateway"] + "/ready", timeout=0.5) is True:
                     announced = True
                     logger.info("ready: %s", "  ".join(f"{name} {url}" for name, url in urls.items()))
+                    if "web" in urls:
+                        logger.info("storefront: %s/ (the gateway serves the web console)", urls["gateway"])
                 elif now >= slow_after:
                     slow_after = float("inf")
                     logger.warning(

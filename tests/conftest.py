@@ -321,6 +321,39 @@ def live_gateway(stack_env, live_orders, live_notifications):
     server.stop()
 
 
+class WebStack:
+    """The web console and a gateway in front of it: ``url`` is what a browser opens."""
+
+    def __init__(self, gateway: Live, web: Live):
+        self.gateway, self.web = gateway, web
+        self.url = gateway.url
+
+    def stop(self) -> None:
+        self.web.stop()
+        self.gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def live_web(stack_env, live_orders, live_notifications):
+    """A gateway that serves the web console at / (and the API of the session's services),
+    and the web process, which calls the API through that gateway."""
+    web_port = free_port()
+    gateway = Live("gateway", env={**stack_env, "ORDERS_URL": live_orders.url,
+                                   "NOTIFICATIONS_URL": live_notifications.url,
+                                   "WEB_URL": f"http://127.0.0.1:{web_port}"},
+                   WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
+    try:
+        web = Live("web", port=web_port, env={**stack_env, "GATEWAY_URL": gateway.url,
+                                              "WEB_SECRET_KEY": secrets.token_urlsafe(48)},
+                   WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
+    except BaseException:
+        gateway.stop()
+        raise
+    stack = WebStack(gateway, web)
+    yield stack
+    stack.stop()
+
+
 class Worker(launcher.Process):
     """A real Celery worker process (prefork) on the test broker; ``proc`` is its Popen."""
 

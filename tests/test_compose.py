@@ -453,9 +453,16 @@ def test_processes_running_our_code_get_production_settings(name):
     svc = services()[name]
     env = environment(svc)
     assert env.get("APP_ENV") == "production"
-    for var in ("DATABASE_URL", "REDIS_URL", "JWT_SECRET_KEY", "SERVICE_NAME", "OTEL_SERVICE_NAME"):
+    if gunicorn_app(svc) == "app.wsgi:web":
+        # The web console: no database login, no token signing key; a cookie key of its own.
+        assert "DATABASE_URL" not in env and "JWT_SECRET_KEY" not in env
+        assert env["WEB_SECRET_KEY"].startswith("${WEB_SECRET_KEY:?")
+        required = ("REDIS_URL", "SERVICE_NAME", "OTEL_SERVICE_NAME")
+    else:
+        required = ("DATABASE_URL", "REDIS_URL", "JWT_SECRET_KEY", "SERVICE_NAME", "OTEL_SERVICE_NAME")
+    for var in required:
         assert env.get(var), f"{name}: {var} missing"
-    assert urlsplit(env["DATABASE_URL"]).hostname in services()
+    assert "DATABASE_URL" not in env or urlsplit(env["DATABASE_URL"]).hostname in services()
     assert urlsplit(env["REDIS_URL"]).hostname in services()
     endpoint = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
     assert endpoint.hostname in services() and endpoint.port in container_ports(endpoint.hostname)
@@ -474,6 +481,9 @@ def test_each_process_logs_in_to_postgresql_as_its_own_role(name):
     from infra import roles
 
     svc, migrate = services()[name], environment(services()["migrate"])
+    if gunicorn_app(svc) == "app.wsgi:web":
+        assert "DATABASE_URL" not in environment(svc), "the web console logs in to no database"
+        return
     url = urlsplit(environment(svc)["DATABASE_URL"])
     if name == "migrate":
         assert url.username == environment(services()["postgres"])["POSTGRES_USER"]
@@ -499,7 +509,8 @@ def test_http_services_bind_advertise_and_keep_metrics(name):
     port = DEFAULT_PORTS[service]
     assert env["SERVICE_NAME"] == service
     assert env["BIND"] == f"0.0.0.0:{port}"
-    assert env["ADVERTISE_URL"] == f"http://{name}:{port}"
+    if service != "web":  # the web console is not in the registry: the gateway has WEB_URL
+        assert env["ADVERTISE_URL"] == f"http://{name}:{port}"
     assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
     assert env["PROMETHEUS_MULTIPROC_DIR"] in (ROOT / "Dockerfile").read_text(), \
         "the image must create the multiprocess folder for its non-root user"
@@ -511,7 +522,7 @@ def test_service_urls_point_at_the_services():
     http = http_services()
     for name, svc in services().items():
         for var, value in environment(svc).items():
-            if var.endswith("_URL") and var[: -len("_URL")].lower() in SERVICES:
+            if var.endswith("_URL") and var[: -len("_URL")].lower() in (*SERVICES, "web"):
                 url = urlsplit(value)
                 assert url.hostname in http, f"{name}: {var} points at {url.hostname}"
                 assert url.port == port_of(url.hostname), f"{name}: {var} has the wrong port"
@@ -522,6 +533,8 @@ def test_service_urls_point_at_the_services():
     for service in listed:
         assert f"{service.upper()}_URL" in gateway
     assert "INVENTORY_URL" in environment(services()["orders"])
+    assert "WEB_URL" in gateway
+    assert urlsplit(environment(services()["web"])["GATEWAY_URL"]).hostname == "gateway"
 
 
 def test_gateway_is_published_on_loopback_only():
@@ -582,7 +595,8 @@ def test_depends_on_targets_exist_with_valid_conditions():
                 assert hc.get("test") and not hc.get("disable"), f"{name} waits for {target} healthy: it has no healthcheck"
             if condition == "service_completed_successfully":
                 assert one_shot(other), f"{target} is not a one-shot"
-        if is_ours(svc) and runs_our_code(svc) and name != "migrate" and "flower" not in argv(svc.get("command")):
+        if is_ours(svc) and runs_our_code(svc) and name != "migrate" and "flower" not in argv(svc.get("command")) \
+                and "DATABASE_URL" in environment(svc):
             assert deps.get("migrate", {}).get("condition") == "service_completed_successfully", \
                 f"{name} must start after the migrations"
 

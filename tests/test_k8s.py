@@ -447,7 +447,7 @@ def test_gateway_finds_the_services_through_kubernetes_services(overlay):
         settings = settings_of(overlay, main_container(deployment))
         assert settings.registry_enabled is False, deployment["metadata"]["name"]
     gateway = settings_of(overlay, main_container(http["gateway"]))
-    for service in SERVICES:
+    for service in (*SERVICES, "web"):  # the web console too: the gateway serves it at /
         url = urlsplit(gateway.service_urls[service])
         svc = services[url.hostname]
         assert url.port == DEFAULT_PORTS[service] == svc["spec"]["ports"][0]["port"]
@@ -686,7 +686,8 @@ def test_network_policies(overlay):
     deny = [p for p in of_kind(overlay, "NetworkPolicy") if p["spec"]["podSelector"] == {}]
     assert deny and deny[0]["spec"]["policyTypes"] == ["Ingress"] and not deny[0]["spec"].get("ingress")
     services = [s for s in DEFAULT_PORTS if s != "gateway"]
-    pool_owners = {"gateway", *services, "worker-pipeline", "worker-notifications"}
+    # The web console holds no pool: it reaches the gateway and Redis only.
+    pool_owners = {"gateway", *(s for s in services if s != "web"), "worker-pipeline", "worker-notifications"}
     # From outside: the gateway only.
     assert allowed(overlay, "gateway", DEFAULT_PORTS["gateway"])
     for target in [*services, "pgbouncer", "flower", "worker-pipeline", "beat"]:
@@ -707,7 +708,7 @@ def test_network_policies(overlay):
     # PgBouncer: every process that owns a pool, nobody else.
     for name in pool_owners:
         assert allowed(overlay, "pgbouncer", 6432, source=name), name
-    for name in ("beat", "flower"):
+    for name in ("beat", "flower", "web"):
         assert not allowed(overlay, "pgbouncer", 6432, source=name), name
     # Every port a rule opens is a port some selected pod listens on.
     listening = {container_port(d, p["containerPort"]) for d in workloads(overlay)

@@ -1,4 +1,5 @@
-"""The gateway's routes: authenticate, rate-limit and forward /api/... to the services.
+"""The gateway's routes: authenticate, rate-limit and forward /api/... to the services, and
+everything outside /api and the operations paths to the web console.
 
 Down -> 503, timeout -> 504, open circuit -> 503 with Retry-After, all problem+json.
 """
@@ -14,7 +15,7 @@ from werkzeug.exceptions import MethodNotAllowed
 
 from app.errors import problem
 from app.gateway import limits, views
-from app.gateway.routes import resolve, resolve_own
+from app.gateway.routes import is_api, resolve, resolve_own
 from app.gateway.upstreams import UpstreamDown, Upstreams
 from config.settings import Settings
 
@@ -26,6 +27,14 @@ FORWARD_REQUEST = (
 )
 DROP_RESPONSE = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date",
                  "content-type", "x-request-id"}
+# What a browser's request to the web console (everything outside /api) takes along: its
+# cookies (the console's session and tokens), form bodies, htmx's headers, the CSRF header.
+FORWARD_WEB_REQUEST = (
+    "Cookie", "Content-Type", "Accept", "Accept-Language", "User-Agent", "traceparent", "tracestate",
+    "If-None-Match", "If-Modified-Since", "X-CSRFToken", "HX-Request", "HX-Boosted", "HX-Current-URL",
+    "HX-History-Restore-Request", "HX-Target", "HX-Trigger", "HX-Trigger-Name",
+)
+WEB_METHODS = ["GET", "HEAD", "POST"]
 
 
 def init_app(app: Flask, settings: Settings, ready_checks: dict) -> None:
@@ -51,6 +60,15 @@ def init_app(app: Flask, settings: Settings, ready_checks: dict) -> None:
     @limiter.limit(settings.rate_limit_login, key_func=limits.login_key, override_defaults=False)
     def login():
         return _route(upstreams)
+
+    # Everything else is the web console's (app/web), static files included: the ops paths
+    # (/health, /ready, /metrics) and /api/... are rules of their own, matched before this one.
+    @app.route("/", defaults={"subpath": ""}, methods=WEB_METHODS)
+    @app.route("/<path:subpath>", methods=WEB_METHODS)
+    def web(subpath: str):
+        if is_api(request.path):
+            return problem(404, "no such resource")
+        return _forward(upstreams, "web", quote(request.path, safe=_PATH_SAFE), forward=FORWARD_WEB_REQUEST)
 
 
 def _answer_methods() -> Response | None:
@@ -82,10 +100,10 @@ def _route(upstreams: Upstreams) -> Response:
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"
 
 
-def _forward(upstreams: Upstreams, service: str, path: str) -> Response:
+def _forward(upstreams: Upstreams, service: str, path: str, *, forward: tuple = FORWARD_REQUEST) -> Response:
     if request.query_string:
         path += "?" + request.query_string.decode("latin-1")
-    headers = {name: request.headers[name] for name in FORWARD_REQUEST if name in request.headers}
+    headers = {name: request.headers[name] for name in forward if name in request.headers}
     headers["X-Request-ID"] = g.request_id
     forwarded_for = request.headers.get("X-Forwarded-For")
     headers["X-Forwarded-For"] = f"{forwarded_for}, {request.remote_addr}" if forwarded_for else (

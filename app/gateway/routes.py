@@ -93,6 +93,12 @@ OWN_ROUTES: tuple[Route, ...] = (
 )
 
 
+def is_api(path: str) -> bool:
+    """Under /api: the public API's. Every other path but the operations paths (/health, /ready,
+    /metrics) is the web console's (app/web), which the gateway forwards as it is."""
+    return path == "/api" or path.startswith("/api/")
+
+
 def resolve(path: str) -> Route | None:
     for route in ROUTES:
         if route.matches(path):

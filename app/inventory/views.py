@@ -30,7 +30,8 @@ class Products(MethodView):
     @blp.arguments(ProductQuerySchema, location="query")
     @blp.response(200, ProductPageSchema)
     def get(self, query):
-        """Active products, oldest first, with a cursor for the next page (`ids=` to pick some)."""
+        """Active products, oldest first, with a cursor for the next page (`ids=` to pick some, `q=` to
+        find a text in the name or sku, `in_stock=true` for those with stock available)."""
         return service.list_products(**query)
 
     @blp.bearer(admin=True)

@@ -48,8 +48,14 @@ async def get_product(db, *, product_id: uuid.UUID) -> dict | None:
     return await db.fetch_one("SELECT " + PRODUCT + " FROM {{tables.products}} WHERE id = $1", product_id)
 
 
+def _contains(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, its own wildcards taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 async def list_products(db, *, limit: int, after: tuple[datetime, uuid.UUID] | None,
-                        ids: list[uuid.UUID] | None, active_only: bool) -> list[dict]:
+                        ids: list[uuid.UUID] | None, active_only: bool, q: str | None = None,
+                        in_stock: bool = False) -> list[dict]:
     conditions, args = [], []
     if after:
         args += [after[0], after[1]]
@@ -59,6 +65,11 @@ async def list_products(db, *, limit: int, after: tuple[datetime, uuid.UUID] | N
         conditions.append(f"id = ANY(${len(args)}::uuid[])")
     if active_only:
         conditions.append("active")
+    if q:
+        args.append(_contains(q))
+        conditions.append(f"(name ILIKE ${len(args)} OR sku ILIKE ${len(args)})")
+    if in_stock:
+        conditions.append("on_hand - reserved > 0")
     where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
     args.append(limit + 1)
     return await db.fetch_all(

@@ -36,6 +36,10 @@ class StockAdjustSchema(Schema):
 
 class ProductQuerySchema(PageQuerySchema):
     ids = DelimitedList(fields.UUID(), validate=validate.Length(max=100))
+    q = Line(validate=validate.Length(min=1, max=100),
+             metadata={"description": "Products whose name or sku contains this text (any case)", "example": "lamp"})
+    in_stock = fields.Boolean(load_default=False, truthy={"true"}, falsy={"false"},
+                              metadata={"description": "`true`: only products with stock available"})
 
 
 class ProductSchema(Schema):

@@ -39,9 +39,11 @@ def get_product(*, product_id: uuid.UUID) -> dict:
 
 
 def list_products(*, limit: int = 20, cursor: str | None = None, ids: list[uuid.UUID] | None = None,
-                  active_only: bool = True) -> dict:
+                  active_only: bool = True, q: str | None = None, in_stock: bool = False) -> dict:
+    """Active products, oldest first; ``q`` finds a text in the name or sku, ``in_stock``
+    keeps those with stock available."""
     rows = _run(repository.list_products, limit=limit, after=pagination.decode(cursor), ids=ids,
-                active_only=active_only)
+                active_only=active_only, q=q, in_stock=in_stock)
     return pagination.page(rows, limit)
 
 

@@ -1,0 +1,120 @@
+"""A user's cart, kept server-side in Redis: one hash per user id, so it survives a reload,
+another tab, another device.
+
+Fields ``item:<product id>`` hold quantities; ``checkout`` holds the Idempotency-Key of
+the checkout being shown (made when the checkout page is rendered, dropped whenever the
+cart changes), so a double click or a reload places the order once. A placed checkout
+leaves ``placed:<key>`` -> order id behind for a day: a late second submit of the same
+form finds the order instead of an empty cart.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+
+import redis as redis_lib
+from flask import current_app
+
+from infra.errors import Unavailable
+
+CART_SECONDS = 30 * 24 * 3600
+PLACED_SECONDS = 24 * 3600
+MAX_LINES = 50  # what one order may hold
+MAX_QUANTITY = 1000
+
+_client: tuple[int, redis_lib.Redis] | None = None
+_lock = threading.Lock()
+
+
+def redis() -> redis_lib.Redis:
+    """This process's Redis client, made on first use (and again in a forked child)."""
+    global _client
+    with _lock:
+        if _client is None or _client[0] != os.getpid():
+            url = current_app.extensions["settings"].redis_url
+            _client = (os.getpid(), redis_lib.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=1.0,
+                                                             health_check_interval=30, decode_responses=True))
+        return _client[1]
+
+
+def ping() -> None:
+    try:
+        redis().ping()
+    except redis_lib.RedisError:
+        raise Unavailable("redis is unavailable") from None
+
+
+def _key(user_id: str) -> str:
+    return f"oms:web:cart:{user_id}"
+
+
+def lines(user_id: str) -> dict[str, int]:
+    """product id -> quantity."""
+    stored = redis().hgetall(_key(user_id))
+    return {field[5:]: int(value) for field, value in stored.items() if field.startswith("item:")}
+
+
+def add(user_id: str, product_id: str, quantity: int) -> None:
+    key = _key(user_id)
+    current = lines(user_id)
+    if product_id not in current and len(current) >= MAX_LINES:
+        raise CartFull()
+    with redis().pipeline() as pipe:
+        pipe.hincrby(key, f"item:{product_id}", quantity)
+        pipe.hdel(key, "checkout")
+        pipe.expire(key, CART_SECONDS)
+        total = pipe.execute()[0]
+    if total > MAX_QUANTITY:
+        set_quantity(user_id, product_id, MAX_QUANTITY)
+
+
+def set_quantity(user_id: str, product_id: str, quantity: int) -> None:
+    key = _key(user_id)
+    with redis().pipeline() as pipe:
+        if quantity > 0:
+            pipe.hset(key, f"item:{product_id}", min(quantity, MAX_QUANTITY))
+        else:
+            pipe.hdel(key, f"item:{product_id}")
+        pipe.hdel(key, "checkout")
+        pipe.expire(key, CART_SECONDS)
+        pipe.execute()
+
+
+def checkout_key(user_id: str) -> str:
+    """The Idempotency-Key of this cart's checkout: made once, kept until the cart changes."""
+    key = _key(user_id)
+    redis().hsetnx(key, "checkout", str(uuid.uuid4()))
+    return redis().hget(key, "checkout")
+
+
+def current_checkout(user_id: str) -> str | None:
+    return redis().hget(_key(user_id), "checkout")
+
+
+def placed(user_id: str, checkout: str) -> str | None:
+    """The order a checkout placed already, if it did."""
+    return redis().get(f"{_key(user_id)}:placed:{checkout}")
+
+
+def mark_placed(user_id: str, checkout: str, order_id: str) -> None:
+    """Remember the order and empty the cart, if it is still the cart that was checked out."""
+    key = _key(user_id)
+    redis().set(f"{key}:placed:{checkout}", order_id, ex=PLACED_SECONDS)
+    with redis().pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                if pipe.hget(key, "checkout") != checkout:
+                    pipe.unwatch()
+                    return  # changed meanwhile (another tab): what was added since stays
+                pipe.multi()
+                pipe.delete(key)
+                pipe.execute()
+                return
+            except redis_lib.WatchError:
+                continue
+
+
+class CartFull(Exception):
+    """A cart holds at most MAX_LINES products, as one order does."""
