@@ -17,8 +17,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
-yaml = pytest.importorskip("yaml", reason="PyYAML (requirements.txt: PyYAML==6.0.3) parses the compose file")
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -376,17 +376,7 @@ def check_python_module(name: str, cmd: list[str], capsys):
 
 @pytest.mark.parametrize("name", sorted(n for n, svc in compose()["services"].items() if is_ours(svc)))
 def test_commands_name_real_modules_apps_and_options(name, capsys):
-    svc = services()[name]
-    cmd = argv(svc.get("command"))
-    assert cmd, f"{name}: our image needs an explicit command"
-    if cmd[0] == "gunicorn":
-        check_gunicorn(name, cmd)
-    elif cmd[0] == "celery":
-        check_celery(name, cmd)
-    elif cmd[:2] == ["python", "-m"]:
-        check_python_module(name, cmd, capsys)
-    else:
-        pytest.fail(f"{name}: unexpected command {cmd}")
+    check_command(name, argv(services()[name].get("command")), capsys)
 
 
 def test_commands_run_programs_the_image_installs():
@@ -761,3 +751,16 @@ def test_promql_metric_extraction():
     assert promql_metrics('histogram_quantile(0.99, sum by (le, service) (rate(http_request_duration_seconds_bucket'
                           '{service="orders"}[$__rate_interval])))') == {"http_request_duration_seconds_bucket"}
     assert promql_metrics('sum(a_total) / on(x) group_left(y) b{c=~"d|e"} offset 5m') == {"a_total", "b"}
+
+
+def check_command(name: str, cmd: list[str], capsys) -> None:
+    """Our image's command for ``name`` runs a real app, Celery command or module with real options."""
+    assert cmd, f"{name}: our image needs an explicit command"
+    if cmd[0] == "gunicorn":
+        check_gunicorn(name, cmd)
+    elif cmd[0] == "celery":
+        check_celery(name, cmd)
+    elif cmd[:2] == ["python", "-m"]:
+        check_python_module(name, cmd, capsys)
+    else:
+        pytest.fail(f"{name}: unexpected command {cmd}")

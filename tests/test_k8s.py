@@ -22,17 +22,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from tests.test_compose import (
-    check_celery,
-    check_gunicorn,
-    check_python_module,
+    check_command,
     is_flower_option,
     option,
     variable_is_read,
 )
 
-yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy/k8s"
@@ -561,16 +559,7 @@ def test_commands_modules_and_probes_name_real_code(overlay, capsys):
             if not ours(overlay, container):
                 continue
             name = f"{workload['metadata']['name']}/{container['name']}"
-            cmd = command(container)
-            assert cmd, f"{name}: our image needs an explicit command"
-            if cmd[0] == "gunicorn":
-                check_gunicorn(name, cmd)
-            elif cmd[0] == "celery":
-                check_celery(name, cmd)
-            elif cmd[:2] == ["python", "-m"]:
-                check_python_module(name, cmd, capsys)
-            else:
-                pytest.fail(f"{name}: unexpected command {cmd}")
+            check_command(name, command(container), capsys)
             for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
                 exec_ = container.get(probe, {}).get("exec")
                 if not exec_:
