@@ -231,6 +231,10 @@ class Settings:
     # session cookie (the CSRF token's secret and who is signed in; WEB_SECRET_KEY).
     gateway_url: str = "http://127.0.0.1:8000"
     web_secret_key: Secret = field(default=Secret(_DEV_SECRETS["WEB_SECRET_KEY"]), repr=False)
+    # Dashboards the operations console links to (FLOWER_URL, GRAFANA_URL, JAEGER_URL): no link when empty.
+    flower_url: str = ""
+    grafana_url: str = ""
+    jaeger_url: str = ""
 
     @property
     def production(self) -> bool:
@@ -380,6 +384,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         event_batch_max=_at_least_one(env, "EVENT_BATCH_MAX", 100),
         gateway_url=(env.get("GATEWAY_URL") or f"http://127.0.0.1:{ports['gateway']}").rstrip("/"),
         web_secret_key=Secret(web_secret),
+        flower_url=(env.get("FLOWER_URL") or "").strip(),
+        grafana_url=(env.get("GRAFANA_URL") or "").strip(),
+        jaeger_url=(env.get("JAEGER_URL") or "").strip(),
     )
 
 

@@ -241,6 +241,9 @@ def _run(env: dict[str, str], data_dir: Path, signals: _Signals, servers: list) 
     # Metrics files of an earlier run would be summed into this one's.
     shutil.rmtree(data_dir / "metrics", ignore_errors=True)
     urls = _endpoints(settings)
+    if "flower" in urls and not env.get("FLOWER_URL"):
+        # The operations console links to the Flower the Procfile runs.
+        child_env["FLOWER_URL"] = f"http://127.0.0.1:{env.get('FLOWER_PORT') or FLOWER_PORT}/"
     for name, url in urls.items():
         logger.info("starting %s on %s", name, url)
     return _run_procfile(child_env, signals, urls)

@@ -7,9 +7,8 @@ token (Flask-WTF), and every page is served under a Content-Security-Policy that
 no inline script or style. htmx only enhances: every action is a plain form POST and a
 redirect too.
 
-Blueprints: the storefront (``storefront.py``). The operations console (admin screens)
-registers here as a blueprint of its own, under ``/console``, on the same client,
-cookies and CSRF protection.
+Blueprints: the storefront (``storefront.py``) and the operations console for admins
+(``console.py``, under ``/console``), on the same client, cookies and CSRF protection.
 """
 from __future__ import annotations
 
@@ -27,7 +26,7 @@ csrf = CSRFProtect()
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    from app.web import client, storefront
+    from app.web import client, console, storefront
 
     app.secret_key = str(settings.web_secret_key)
     app.config.update(
@@ -49,6 +48,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.extensions["web_client"] = client.Gateway(settings)
     csrf.init_app(app)
     app.register_blueprint(storefront.blp)
+    app.register_blueprint(console.blp)
     app.after_request(_security_headers)
     app.register_error_handler(CSRFError, _csrf_refused)
     app.register_error_handler(HTTPException, _http_error)
@@ -74,7 +74,7 @@ def _csrf_refused(error: CSRFError):
 
 def _http_error(error: HTTPException):
     status = error.code or 500
-    titles = {404: "Not found", 405: "Not allowed", 413: "Too large", 400: "Bad request"}
+    titles = {404: "Not found", 403: "Forbidden", 405: "Not allowed", 413: "Too large", 400: "Bad request"}
     response = Response(render_template("error.html", status=status, title=titles.get(status, "Error"),
                                         detail=error.description if status not in (404,) else
                                         "There is nothing at this address."),

@@ -4,30 +4,9 @@ internet and under the page's Content-Security-Policy (no request leaves for ano
 host, nothing is refused by the policy, no script error)."""
 from __future__ import annotations
 
-import os
-import shutil
 from urllib.parse import urlsplit
 
-import pytest
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                 "--disable-sync", "--disable-default-apps", "--disable-extensions"]
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    # `make test` installs Debian's chromium (scripts in the Makefile); fail, never skip, without it.
-    assert shutil.which(CHROMIUM) or os.path.exists(CHROMIUM), (
-        f"{CHROMIUM} is missing: apt-get install chromium (make test does it as root)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+from tests.browser import LOCAL_HOSTS, browser  # noqa: F401 (a fixture)
 
 
 def test_the_docs_page_lists_the_operations_offline_under_its_csp(live_gateway, browser):

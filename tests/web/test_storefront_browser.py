@@ -7,35 +7,14 @@ page's Content-Security-Policy. The last page is saved as a screenshot.
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import uuid
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
+from tests.browser import ARTIFACTS, LOCAL_HOSTS, browser  # noqa: F401 (a fixture)
 from tests.support import Api, admin_token, create_product, wait_for
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                 "--disable-sync", "--disable-default-apps", "--disable-extensions"]
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert shutil.which(CHROMIUM) or os.path.exists(CHROMIUM), (
-        f"{CHROMIUM} is missing: apt-get install chromium (make test does it as root)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

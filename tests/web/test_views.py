@@ -11,7 +11,7 @@ from http.cookies import SimpleCookie
 
 import pytest
 
-from tests.support import Api, create_product, new_email, place, register
+from tests.support import Api, create_product, new_email, place, product_locked, register
 
 PASSWORD = "long enough"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -265,12 +265,15 @@ def test_a_cart_changed_after_the_checkout_page_asks_for_another_look(browser, a
     assert api.ok("GET", "/api/orders", token=token_of(browser))["items"] == []
 
 
-def test_an_order_page_shows_lines_history_and_cancels_while_allowed(browser, api, product):
+def test_an_order_page_shows_lines_history_and_cancels_while_allowed(browser, api, product, database_url):
     sign_up(browser)
-    order = place(api, token_of(browser), [(product["id"], 1)])  # no worker here: it stays pending
-    page = browser.get(f"/orders/{order['id']}").get_data(as_text=True)
-    assert product["name"] in page and "History" in page and 'hx-trigger="every 1s"' in page
-    response = browser.post(f"/orders/{order['id']}/cancel", data={"csrf_token": CSRF.search(page).group(1)})
+    # The product's row is locked: a worker of the session, if one runs, cannot reserve the
+    # order, so it stays pending (cancellable) for as long as the test looks at it.
+    with product_locked(database_url, product["id"]):
+        order = place(api, token_of(browser), [(product["id"], 1)])
+        page = browser.get(f"/orders/{order['id']}").get_data(as_text=True)
+        assert product["name"] in page and "History" in page and 'hx-trigger="every 1s"' in page
+        response = browser.post(f"/orders/{order['id']}/cancel", data={"csrf_token": CSRF.search(page).group(1)})
     assert response.status_code == 302
     fragment = browser.get(f"/orders/{order['id']}/status").get_data(as_text=True)
     assert 'data-status="cancelled"' in fragment and "hx-trigger" not in fragment, "terminal: polling stops"
