@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
+import kombu.pools
 import pytest
 import redis
 
@@ -140,9 +141,11 @@ def celery_broker(app, url: str):
     """Point a Celery app's publishing at ``url`` for a while, then back where it was."""
 
     def use(broker):
-        if app._pool is not None:
-            app._pool.force_close_all()
-            app._pool = None  # the next publish opens pools on the new broker
+        # Celery's pools live in kombu's registry, keyed by broker and shared by every app:
+        # closing one there would hand the closed pool to the next app on that broker.
+        # reset() closes them and forgets them; the next publish opens pools on the new broker.
+        kombu.pools.reset()
+        app._pool = None
         app.amqp._producer_pool = None
         app.conf.broker_url = broker
 

@@ -28,7 +28,6 @@ import anyio
 import asyncpg
 import pytest
 import urllib3
-from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Live, Worker
@@ -77,19 +76,11 @@ def _tasks_run(worker: Worker) -> int:
     args = list(worker.popen.args)
     prefix = args[args.index("-n") + 1].split("@")[0] + "@"
 
-    # An app of its own, so its pools are its own: earlier tests of the session run in-process
-    # workers on the project's app and may leave its connection pool closed.
-    probe = Celery("inspect", set_as_current=False)
-    probe.conf.update(broker_url=app.conf.broker_url, broker_transport_options=app.conf.broker_transport_options)
-
     def reply():  # a busy worker may miss one inspect's deadline
-        replies = probe.control.inspect(timeout=3).stats() or {}
+        replies = app.control.inspect(timeout=3).stats() or {}
         return next((stats for node, stats in replies.items() if node.startswith(prefix)), None)
 
-    try:
-        stats = wait_for(reply, timeout=30, interval=0.5, what=f"{prefix} to answer inspect stats")
-    finally:
-        probe.close()
+    stats = wait_for(reply, timeout=30, interval=0.5, what=f"{prefix} to answer inspect stats")
     return sum(stats.get("total", {}).get(task, 0) for task in PIPELINE)
 
 
