@@ -6,27 +6,13 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from tests.browser import LOCAL_HOSTS, browser  # noqa: F401 (a fixture)
+from tests.browser import LOCAL_HOSTS, browser, offline_page  # noqa: F401 (a fixture)
 
 
 def test_the_docs_page_lists_the_operations_offline_under_its_csp(live_gateway, browser):
-    context = browser.new_context()
-    page = context.new_page()
-    requested, refused_hosts, console_errors, page_errors = [], [], [], []
-
-    def only_local(route):
-        host = urlsplit(route.request.url).hostname
-        if route.request.url.startswith(("data:", "blob:")) or host in LOCAL_HOSTS:
-            route.continue_()
-        else:  # what a machine without internet would do, and a request this page must not make
-            refused_hosts.append(route.request.url)
-            route.abort("internetdisconnected")
-
-    context.route("**/*", only_local)
-    page.on("request", lambda request: requested.append(request.url))
-    page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: page_errors.append(str(error)))
-    try:
+    requested = []
+    with offline_page(browser) as page:
+        page.on("request", lambda request: requested.append(request.url))
         response = page.goto(live_gateway.url + "/api/docs", wait_until="load")
         assert response.status == 200
         csp = response.headers["content-security-policy"]
@@ -42,13 +28,8 @@ def test_the_docs_page_lists_the_operations_offline_under_its_csp(live_gateway, 
                           "POST /api/inventory/products/{product_id}/stock", "GET /api/services"):
             assert operation in listed, (operation, listed)
         assert page.title() == "oms API"
-    finally:
-        context.close()
-    assert not refused_hosts, refused_hosts
     assert all(urlsplit(url).hostname in LOCAL_HOSTS for url in requested if url.startswith("http")), requested
     assert any(url.endswith("/api/openapi.json") for url in requested)
-    assert not page_errors, page_errors
-    assert not console_errors, console_errors  # a CSP refusal is a console error
 
 
 def test_docs_assets_are_the_installed_files_and_nothing_else(live_gateway):

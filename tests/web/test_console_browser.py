@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.support import Api, admin_token, create_product, new_email, wait_for
-from tests.browser import ARTIFACTS, LOCAL_HOSTS, browser  # noqa: F401 (a fixture)
+from tests.browser import browser, offline_page  # noqa: F401 (a fixture)
 
 PASSWORD = "admin password"
 
@@ -50,22 +49,8 @@ def test_an_admin_adjusts_stock_sees_the_ledger_and_redrives_a_dead_letter(live_
     email = new_email()
     service.create_admin(email=email, password=PASSWORD)
 
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    refused_hosts, console_errors, page_errors = [], [], []
-
-    def only_local(route):
-        if urlsplit(route.request.url).hostname in LOCAL_HOSTS or route.request.url.startswith("data:"):
-            route.continue_()
-        else:
-            refused_hosts.append(route.request.url)
-            route.abort("internetdisconnected")
-
-    context.route("**/*", only_local)
-    page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: page_errors.append(str(error)))
-    try:
+    with offline_page(browser, width=1200, screenshot="console-dead-letters.png") as page:
+        page.set_default_timeout(15_000)
         page.goto(live_web.url + "/login?next=/console/")
         page.get_by_label("Email").fill(email)
         page.get_by_label("Password").fill(PASSWORD)
@@ -121,12 +106,3 @@ def test_an_admin_adjusts_stock_sees_the_ledger_and_redrives_a_dead_letter(live_
         page.wait_for_url(re.compile(r".*state=all"))
         assert page.locator(f'#{letter}[data-redriven="yes"]').count() == 1
 
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / "console-dead-letters.png"
-        page.screenshot(path=str(shot), full_page=True)
-        print(f"screenshot: {shot}")
-    finally:
-        context.close()
-    assert not refused_hosts, refused_hosts
-    assert not page_errors, page_errors
-    assert not console_errors, console_errors  # a CSP refusal is a console error
