@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from urllib.parse import urlsplit, urlunsplit
-
 import asyncpg
 
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+from config import dburl
 
 
-def database_of(url: str) -> str:
-    return urlsplit(url).path.lstrip("/") or "postgres"
+with_database = dburl.with_database
+database_of = dburl.database_name
 
 
 class PgClient:

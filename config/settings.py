@@ -255,11 +255,10 @@ class Settings:
         """DB_ROLE_PREFIX, or the database's name and ``_``: databases on one server never share roles."""
         if self.db_role_prefix:
             return self.db_role_prefix
-        from urllib.parse import unquote, urlsplit
+        from config.dburl import database_name
 
-        parts = urlsplit(self.database_url)
         # Without a database in the URL, libpq connects to the one named like the user.
-        return unquote(parts.path.lstrip("/") or parts.username or "oms") + "_"
+        return database_name(self.database_url) + "_"
 
     def redacted(self) -> dict:
         """Settings safe to log: secrets and URL passwords masked."""

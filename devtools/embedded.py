@@ -26,11 +26,12 @@ import time
 import warnings
 from pathlib import Path
 from typing import Mapping
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psutil
 import redis
 
+from config import dburl
 from devtools import launcher
 
 logger = logging.getLogger(__name__)
@@ -459,11 +460,8 @@ def pgbouncer_binary() -> str:
 
 def _server_address(server_url: str) -> tuple[str, int]:
     """(host or unix socket folder, port) of a libpq/asyncpg URL."""
-    parts = urlsplit(server_url)
-    query = dict(parse_qsl(parts.query))
-    host = query.get("host") or (unquote(parts.hostname) if parts.hostname else "") or "127.0.0.1"
-    port = int(query.get("port") or parts.port or 5432)
-    return host, port
+    found = dburl.address(server_url)
+    return found.host, found.port
 
 
 def _pgbouncer_user(host: str) -> str | None:

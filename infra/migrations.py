@@ -20,11 +20,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Mapping
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from pgdbm import AsyncMigrationManager
 
+from config import dburl
 from config.settings import SCHEMAS, ConfigError, Settings
 from infra import roles
 from infra.db import Database, role_defaults
@@ -50,9 +50,8 @@ async def ensure_database(dsn: str) -> bool:
     else:
         await conn.close()
         return False
-    parts = urlsplit(dsn)
-    name = parts.path.lstrip("/")
-    admin_dsn = urlunsplit(parts._replace(path="/postgres"))
+    name = dburl.database_name(dsn)
+    admin_dsn = dburl.with_database(dsn, "postgres")
     conn = await asyncpg.connect(admin_dsn, timeout=10)
     try:
         await conn.execute(f'CREATE DATABASE "{name.replace(chr(34), "")}"')

@@ -12,7 +12,6 @@ import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
@@ -20,6 +19,7 @@ import kombu.pools
 import pytest
 import redis
 
+from config import dburl
 from devtools import launcher
 from devtools.launcher import free_port
 
@@ -30,10 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 collect_ignore = [] if os.environ.get("BENCH_SMOKE") == "1" else ["test_bench_smoke.py"]
 PYTHON = sys.executable
 BIN = Path(sys.executable).parent
-
-
-def _with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
 async def _admin(url: str, sql: str) -> None:
@@ -72,7 +68,7 @@ def servers(tmp_path_factory):
 def new_database(server_url: str, prefix: str = "oms_test") -> str:
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     anyio.run(_admin, server_url, f'CREATE DATABASE "{name}"')
-    return _with_database(server_url, name)
+    return dburl.with_database(server_url, name)
 
 
 def drop_database(server_url: str, url: str) -> None:
@@ -80,7 +76,7 @@ def drop_database(server_url: str, url: str) -> None:
     from config.settings import load_settings
     from infra import roles
 
-    name = urlsplit(url).path.lstrip("/")
+    name = dburl.database_name(url)
     anyio.run(_admin, server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     async def drop_roles():

@@ -67,6 +67,24 @@ def test_the_embedded_servers_socket_url_keeps_its_socket():
     assert roles.login(s, "users").dsn == "postgresql://oms_users@/oms?host=/tmp/pg%20sock"
 
 
+@pytest.mark.parametrize("url, host, port, database", [
+    ("postgresql://postgres:@/oms_test_1?host=/tmp/x/servers0/pgdata", "/tmp/x/servers0/pgdata", 5432, "oms_test_1"),
+    ("postgresql://postgres@127.0.0.1:5433/oms", "127.0.0.1", 5433, "oms"),
+    ("postgresql://app@db/oms?host=/run/pg&port=6432", "/run/pg", 6432, "oms"),
+    ("postgresql://app@db/oms?dbname=other", "db", 5432, "other"),
+    ("postgresql://app@db", "db", 5432, "app"),  # libpq: the database named like the user
+])
+def test_a_database_url_is_read_as_libpq_reads_it_over_tcp_or_a_unix_socket(url, host, port, database):
+    from config import dburl
+
+    found = dburl.address(url)
+    assert (found.host, found.port, found.database) == (host, port, database)
+    assert found.unix_socket == host.startswith("/")
+    moved = dburl.address(dburl.with_database(url, "elsewhere"))
+    assert (moved.host, moved.port, moved.database) == (host, port, "elsewhere")
+    assert load_settings({"DATABASE_URL": url}).role_prefix == database + "_"
+
+
 def test_the_role_prefix_can_be_set_and_must_leave_room_for_the_names():
     from infra import roles
 

@@ -227,9 +227,9 @@ def test_migrations_run_twice_and_concurrently(servers, base_env):
 
 def test_migrate_creates_a_missing_database(servers, base_env):
     server_url = servers[0]
-    from tests.conftest import _with_database
+    from config.dburl import with_database
 
-    url = _with_database(server_url, f"oms_fresh_{uuid.uuid4().hex[:8]}")
+    url = with_database(server_url, f"oms_fresh_{uuid.uuid4().hex[:8]}")
     try:
         assert _migrate({**base_env, "DATABASE_URL": url}).wait(120) == 0
     finally:

@@ -13,13 +13,13 @@ import os
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import anyio
 import asyncpg
 import psutil
 import pytest
 
+from config import dburl
 from config.settings import ConfigError
 from devtools import embedded
 from tests.conftest import Live, Worker
@@ -116,14 +116,14 @@ def _assert_through_pgbouncer(stack, pgbouncer, settings, database_url) -> None:
     """The stack talks to PgBouncer only, and PgBouncer shares its server connections."""
     from infra import roles
 
-    pooled, direct = urlsplit(pgbouncer.url_for(database_url)), urlsplit(database_url)
-    peers = _database_peers(stack, pgbouncer_port=pooled.port,
-                            server_port=(direct.port or 5432) if direct.hostname else None)  # None: a unix socket
+    direct = dburl.address(database_url)
+    peers = _database_peers(stack, pgbouncer_port=dburl.address(pgbouncer.url_for(database_url)).port,
+                            server_port=None if direct.unix_socket else direct.port)
     assert not peers["server"], f"connections straight to PostgreSQL: {peers['server']}"
     for name in ("gateway", "users", "orders", "inventory", "notifications", "worker"):
         assert peers["pgbouncer"][name] > 0, (name, peers)
     names = roles.names(settings.role_prefix)
-    database = database_url.rpartition("/")[2].partition("?")[0]
+    database = direct.database
     servers = [s for s in pgbouncer.show("SERVERS") if s["database"] == database]
     clients = [c for c in pgbouncer.show("CLIENTS") if c["database"] == database]
     by_role = Counter(c["user"] for c in clients), Counter(s["user"] for s in servers)
@@ -145,10 +145,10 @@ def test_an_order_through_pgbouncer_is_reserved_and_fulfilled(api, admin, pooled
 def test_200_concurrent_orders_through_pgbouncer_never_oversell(api, admin, rt, pooled_stack, pgbouncer, settings,
                                                                database_url):
     before = int({s["database"]: s for s in pgbouncer.show("STATS")}[
-        database_url.rpartition("/")[2]]["total_xact_count"])
+        dburl.database_name(database_url)]["total_xact_count"])
     order_flow.test_200_concurrent_orders_for_50_units_never_oversell(api, admin, rt)
     _assert_through_pgbouncer(pooled_stack, pgbouncer, settings, database_url)
-    after = int({s["database"]: s for s in pgbouncer.show("STATS")}[database_url.rpartition("/")[2]]["total_xact_count"])
+    after = int({s["database"]: s for s in pgbouncer.show("STATS")}[dburl.database_name(database_url)]["total_xact_count"])
     assert after - before >= 200 * 3, (before, after)  # placement, reservation and outcome per order at least
 
 
