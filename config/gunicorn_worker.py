@@ -15,14 +15,24 @@ Three differences from ``gthread``:
   it exits, so connections the kernel queued meanwhile were reset after their request
   was sent. Here, once the worker stops accepting for shutdown, it takes what is already
   queued (answering it within the graceful timeout) and closes its listeners at once,
-  so later connections are refused, which a client can retry elsewhere.
+  so later connections are refused, which a client can retry elsewhere. Closing the
+  last descriptor of a listening socket still resets what the kernel completed between
+  the last ``accept`` and the ``close`` (a window a busy machine widens by preempting
+  the worker there), so when only this server's stopping workers hold the socket, a
+  socket filter first drops new SYNs: no handshake completes after the final drain,
+  and a client that tried meanwhile is refused when its SYN is sent again.
 
 All three rely on gunicorn internals; tests/e2e/test_protocol_edges.py has guard tests
 that fail if the pinned gunicorn changes them.
 """
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import socket
+import sys
+import time
 
 from gunicorn import util
 from gunicorn.workers import gthread
@@ -116,6 +126,97 @@ def close_refused_bodies(app):
     return application
 
 
+# -- the last close of a listening socket -------------------------------------------------
+SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>, the same on every Linux architecture
+# How long handshakes already answered with a SYN-ACK may take to complete once new SYNs
+# are dropped (on loopback microseconds; a round trip across a network).
+HANDSHAKE_SETTLE_SECONDS = 0.05
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+# Classic BPF over the TCP header: drop a segment whose flags have SYN without ACK (a new
+# connection), keep everything else (the ACK that completes a handshake, data).
+_DROP_NEW_SYNS = (
+    (0x30, 0, 0, 13),          # ldb [13]          the flags byte
+    (0x54, 0, 0, 0x12),        # and #SYN|ACK
+    (0x15, 1, 0, 0x02),        # jeq #SYN -> drop
+    (0x06, 0, 0, 0xFFFFFFFF),  # ret #-1           keep
+    (0x06, 0, 0, 0),           # ret #0            drop
+)
+
+
+def refuse_new_handshakes(listener: socket.socket) -> bool:
+    """Make a listening TCP socket drop new SYNs (connections in progress complete). False
+    where that cannot be done (not TCP, not Linux)."""
+    if listener.family not in (socket.AF_INET, socket.AF_INET6) or not sys.platform.startswith("linux"):
+        return False
+    program = (_SockFilter * len(_DROP_NEW_SYNS))(*(_SockFilter(*op) for op in _DROP_NEW_SYNS))
+    fprog = _SockFprog(len(_DROP_NEW_SYNS), program)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(memoryview(fprog)))  # copied by the kernel
+    except OSError:
+        return False
+    return True
+
+
+def _socket_holders(inodes: set[int]) -> set[int] | None:
+    """Pids of the processes holding a descriptor of these sockets, or None when a process
+    cannot be looked at (then nobody can say who else holds them)."""
+    links = {f"socket:[{inode}]" for inode in inodes}
+    holders = set()
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except FileNotFoundError:
+            continue  # gone
+        except OSError:
+            return None  # another user's process: it might hold one
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in links:
+                    holders.add(pid)
+                    break
+            except OSError:
+                continue
+    return holders
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rpartition(b")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def only_stopping_workers_hold(listeners, *, master: int) -> bool:
+    """Whether closing these listeners may be their last close: the master no longer holds
+    them (gunicorn's Arbiter.stop closes its own before it signals the workers; a reload or a
+    worker's restart keeps them) and every other holder is a worker of the same master.
+    A new master of a USR2 upgrade, or a socket manager such as systemd, keeps the answer False."""
+    inodes = set()
+    for listener in listeners:
+        try:
+            inodes.add(os.fstat(listener.fileno()).st_ino)
+        except OSError:
+            return False
+    holders = _socket_holders(inodes)
+    if holders is None or master in holders:
+        return False
+    return all(pid == os.getpid() or _parent_of(pid) == master for pid in holders)
+
+
 class ThreadWorker(gthread.ThreadWorker):
     def set_accept_enabled(self, enabled):
         super().set_accept_enabled(enabled)
@@ -123,6 +224,9 @@ class ThreadWorker(gthread.ThreadWorker):
             self._take_queued_then_close()
 
     def _take_queued_then_close(self):
+        if only_stopping_workers_hold(self.sockets, master=self.ppid):
+            if any([refuse_new_handshakes(listener) for listener in self.sockets]):
+                time.sleep(HANDSHAKE_SETTLE_SECONDS)
         for listener in self.sockets:
             listener.setblocking(False)
             while True:

@@ -475,3 +475,76 @@ def test_guard_gthread_stops_accepting_after_its_loop_and_keeps_the_names_the_wo
     assert list(inspect.signature(gthread.TConn).parameters) == ["cfg", "sock", "client", "server"]
     assert callable(gthread.ThreadWorker.enqueue_req)
     assert "self.nr_conns" in inspect.getsource(gthread.ThreadWorker.accept)
+
+
+def test_guard_the_arbiter_closes_its_listeners_before_it_signals_the_workers_to_stop():
+    """ThreadWorker reads "the master no longer holds the listeners" as "the server is
+    stopping, this close may be the last": gunicorn's Arbiter.stop must keep that order, and a
+    reload must keep the master's listeners."""
+    import inspect
+
+    from gunicorn.arbiter import Arbiter
+
+    stop = inspect.getsource(Arbiter.stop)
+    assert stop.index("sock.close_sockets(self.LISTENERS") < stop.index("self.kill_workers(")
+    assert "close_sockets" not in inspect.getsource(Arbiter.reload)
+
+
+# -- the last close of a listening socket ---------------------------------------------------
+def _listener() -> socket.socket:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    return listener
+
+
+def test_a_listener_that_refuses_new_handshakes_completes_none_and_keeps_those_queued():
+    from config.gunicorn_worker import refuse_new_handshakes
+
+    listener = _listener()
+    address = listener.getsockname()
+    queued = socket.create_connection(address, timeout=5)
+    queued.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    try:
+        assert refuse_new_handshakes(listener)
+        # A new SYN is dropped: the client never sees its connection made, so it never
+        # sends a request that the close below would reset.
+        with pytest.raises(TimeoutError):
+            socket.create_connection(address, timeout=0.5)
+        accepted, _ = listener.accept()
+        with accepted:
+            assert accepted.recv(100) == b"GET / HTTP/1.1\r\n\r\n"
+            accepted.sendall(b"answered")
+            assert queued.recv(100) == b"answered"
+    finally:
+        queued.close()
+        listener.close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=5)
+
+
+def test_only_workers_of_a_stopping_master_count_as_the_last_holders_of_a_listener():
+    import os
+    import subprocess
+    import sys
+
+    from config.gunicorn_worker import _socket_holders, only_stopping_workers_hold
+
+    listener = _listener()
+    try:
+        visible = _socket_holders({os.fstat(listener.fileno()).st_ino}) is not None
+        # This process as the worker, its parent as a master that has closed its copy.
+        assert only_stopping_workers_hold([listener], master=os.getppid()) is visible
+        # The master still holds it (a reload, a worker's restart): not the last close.
+        assert not only_stopping_workers_hold([listener], master=os.getpid())
+        # Another process holds it too, not a worker of that master (a new master of a USR2
+        # upgrade, a socket manager): not the last close either.
+        other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+                                 pass_fds=[listener.fileno()])
+        try:
+            assert not only_stopping_workers_hold([listener], master=os.getppid())
+        finally:
+            other.stdin.close()
+            other.wait(10)
+    finally:
+        listener.close()
