@@ -158,9 +158,11 @@ class Stack:
             SMTP_HOST="127.0.0.1",
             SMTP_PORT=str(self.smtp_port),
             **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
+            GATEWAY_CONSOLE_PORT=str(free_port()),
         )
         for name in HTTP_NAMES:
             env.pop(f"{name.upper()}_URL", None)  # derived from the ports above
+        env.pop("GATEWAY_URL", None)  # the web's: derived from GATEWAY_CONSOLE_PORT
         (self.data_dir / "run").mkdir(parents=True, exist_ok=True)
         self.env = env
         return env

@@ -8,7 +8,15 @@ SIGTERM lets in-flight requests finish on a live pool first.
 import os
 import shutil
 
-bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
+public_bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
+bind = [public_bind]
+if os.environ.get("SERVICE_NAME") == "gateway":
+    # The web console's API calls come in on a listener of their own, served by threads of
+    # their own (config/gunicorn_worker.py): a page a gateway thread waits on never queues
+    # its own API calls behind it. GATEWAY_CONSOLE_PORT="" leaves it out.
+    console_port = os.environ.get("GATEWAY_CONSOLE_PORT", "8006")
+    if console_port:
+        bind.append(f"{public_bind.rpartition(':')[0]}:{console_port}")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # gthread, answering its own refusals as problem+json and closing after a refused body.
 worker_class = "config.gunicorn_worker.ThreadWorker"
@@ -23,7 +31,7 @@ proc_name = f"oms-{os.environ.get('SERVICE_NAME', 'http')}"
 # gunicorn 27's control socket defaults to one path shared by every master on the
 # machine; give each instance its own.
 control_socket = os.environ.get(
-    "GUNICORN_CONTROL_SOCKET", f"/tmp/oms-gunicorn-{os.environ.get('SERVICE_NAME', 'http')}-{bind.rpartition(':')[2]}.ctl"
+    "GUNICORN_CONTROL_SOCKET", f"/tmp/oms-gunicorn-{os.environ.get('SERVICE_NAME', 'http')}-{public_bind.rpartition(':')[2]}.ctl"
 )
 
 
@@ -39,7 +47,7 @@ def _advertised_url(settings) -> str:
     """The URL other processes reach this instance at (ADVERTISE_URL in containers)."""
     if settings.advertise_url:
         return settings.advertise_url
-    host, _, port = bind.rpartition(":")
+    host, _, port = public_bind.rpartition(":")
     return f"http://{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port}"
 
 

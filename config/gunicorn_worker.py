@@ -22,13 +22,20 @@ Three differences from ``gthread``:
   socket filter first drops new SYNs: no handshake completes after the final drain,
   and a client that tried meanwhile is refused when its SYN is sent again.
 
-All three rely on gunicorn internals; tests/e2e/test_protocol_edges.py has guard tests
+- Every listener after the first has a thread pool of its own (``threads`` threads, like
+  gthread's one): the gateway's second listener takes the web console's API calls, so a
+  console page a gateway thread is waiting on never waits for a thread of that same pool
+  (eight concurrent visitors were enough to deadlock one shared pool until the upstream
+  timeout). A server with one listener is gthread as it is.
+
+All four rely on gunicorn internals; tests/e2e/test_protocol_edges.py has guard tests
 that fail if the pinned gunicorn changes them.
 """
 from __future__ import annotations
 
 import ctypes
 import json
+from concurrent import futures
 import os
 import socket
 import sys
@@ -218,6 +225,26 @@ def only_stopping_workers_hold(listeners, *, master: int) -> bool:
 
 
 class ThreadWorker(gthread.ThreadWorker):
+    def get_thread_pool(self):
+        # Called once in init_process, after fork; gthread keeps what it returns as self.tpool.
+        self.listener_pools = {listener.getsockname(): futures.ThreadPoolExecutor(
+            max_workers=self.cfg.threads, thread_name_prefix=f"listener-{i}") for i, listener in
+            enumerate(self.sockets[1:], start=1)}
+        return super().get_thread_pool()
+
+    def enqueue_req(self, conn):
+        pool = self.listener_pools.get(conn.server)
+        if pool is None:
+            return super().enqueue_req(conn)
+        # gthread.enqueue_req on this listener's own pool.
+        fs = pool.submit(self.handle, conn)
+        fs.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
+
+    def handle_quit(self, sig, frame):
+        for pool in getattr(self, "listener_pools", {}).values():
+            pool.shutdown(wait=False)
+        super().handle_quit(sig, frame)
+
     def set_accept_enabled(self, enabled):
         super().set_accept_enabled(enabled)
         if not enabled and not self.alive:  # gthread's run() after its loop: shutting down

@@ -21,6 +21,9 @@ DEFAULT_PORTS = {"gateway": 8000, "users": 8001, "orders": 8002, "inventory": 80
                  "web": 8005}
 # The web console (app/web): a client of the gateway that holds no database pool, no token
 # signing key and no place in the service registry; the gateway finds it at WEB_URL.
+# The console calls the API on the gateway's second listener (GATEWAY_CONSOLE_PORT; read by
+# config/gunicorn.conf.py), whose threads are not the ones that wait on the console's pages.
+GATEWAY_CONSOLE_PORT = 8006
 WEB = "web"
 
 _DEV_SECRETS = {"JWT_SECRET_KEY": "dev-only-jwt-secret-change-me-0123456789abcdef",
@@ -185,6 +188,11 @@ class Settings:
     login_failure_window_seconds: int = 3600
     gateway_breaker_fail_max: int = 5
     gateway_breaker_reset_seconds: float = 10.0
+    # A bulkhead per upstream service and gateway worker: at most this many of its requests
+    # wait on one service at once (leaving threads for the others); a request that finds no
+    # room within the wait is answered 503 with Retry-After, and the breaker counts nothing.
+    gateway_upstream_concurrency: int = 6
+    gateway_upstream_wait_seconds: float = 1.0
     registry_enabled: bool = True
     registry_heartbeat_seconds: float = 2.0
     registry_ttl_seconds: float = 6.0
@@ -227,9 +235,10 @@ class Settings:
     order_latency_budget_seconds: float = 2.0
     # Events for one consumer that are ready together travel as one message of at most this many.
     event_batch_max: int = 100
-    # The web console (app/web): where it calls the public API, and the key that signs its
-    # session cookie (the CSRF token's secret and who is signed in; WEB_SECRET_KEY).
-    gateway_url: str = "http://127.0.0.1:8000"
+    # The web console (app/web): where it calls the public API (GATEWAY_URL: the gateway's
+    # listener for the console, GATEWAY_CONSOLE_PORT), and the key that signs its session
+    # cookie (the CSRF token's secret and who is signed in; WEB_SECRET_KEY).
+    gateway_url: str = f"http://127.0.0.1:{GATEWAY_CONSOLE_PORT}"
     web_secret_key: Secret = field(default=Secret(_DEV_SECRETS["WEB_SECRET_KEY"]), repr=False)
     # Dashboards the operations console links to (FLOWER_URL, GRAFANA_URL, JAEGER_URL): no link when empty.
     flower_url: str = ""
@@ -348,6 +357,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         login_delay_max_seconds=_at_least_one(env, "LOGIN_DELAY_MAX_SECONDS", 900),
         login_failure_window_seconds=_at_least_one(env, "LOGIN_FAILURE_WINDOW_SECONDS", 3600),
         gateway_breaker_fail_max=_int(env, "GATEWAY_BREAKER_FAIL_MAX", 5),
+        gateway_upstream_concurrency=_at_least_one(env, "GATEWAY_UPSTREAM_CONCURRENCY", 6),
+        gateway_upstream_wait_seconds=_float(env, "GATEWAY_UPSTREAM_WAIT_SECONDS", 1.0),
         gateway_breaker_reset_seconds=_float(env, "GATEWAY_BREAKER_RESET_SECONDS", 10.0),
         registry_enabled=_bool(env, "REGISTRY_ENABLED", True),
         registry_heartbeat_seconds=_float(env, "REGISTRY_HEARTBEAT_SECONDS", 2.0),
@@ -381,7 +392,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         trace_sample_ratio=_ratio(env, "TRACE_SAMPLE_RATIO", 1.0 if app_env == "development" else 0.1),
         order_latency_budget_seconds=_float(env, "ORDER_LATENCY_BUDGET_SECONDS", 2.0),
         event_batch_max=_at_least_one(env, "EVENT_BATCH_MAX", 100),
-        gateway_url=(env.get("GATEWAY_URL") or f"http://127.0.0.1:{ports['gateway']}").rstrip("/"),
+        gateway_url=(env.get("GATEWAY_URL") or
+                     f"http://127.0.0.1:{_int(env, 'GATEWAY_CONSOLE_PORT', GATEWAY_CONSOLE_PORT)}").rstrip("/"),
         web_secret_key=Secret(web_secret),
         flower_url=(env.get("FLOWER_URL") or "").strip(),
         grafana_url=(env.get("GRAFANA_URL") or "").strip(),

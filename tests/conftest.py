@@ -228,6 +228,10 @@ class Live(launcher.Process):
         # Only the session's stack registers itself: a test's private instance must not
         # receive the session gateway's traffic.
         env = {**env, "SERVICE_NAME": service, "PORT": str(self.port), "REGISTRY_ENABLED": "0", **extra_env}
+        if service == "gateway":
+            # Its listener for the web console's API calls (config/gunicorn.conf.py).
+            env.setdefault("GATEWAY_CONSOLE_PORT", str(free_port()))
+            self.console_url = f"http://127.0.0.1:{env['GATEWAY_CONSOLE_PORT']}"
         super().__init__([str(BIN / "gunicorn"), "-c", "config/gunicorn.conf.py", f"app.wsgi:{service}"],
                          env=env, log=_log_file(service), name=service)
         self.proc = self.popen
@@ -342,7 +346,7 @@ def live_web(stack_env, live_orders, live_notifications):
                                    "WEB_URL": f"http://127.0.0.1:{web_port}"},
                    WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
     try:
-        web = Live("web", port=web_port, env={**stack_env, "GATEWAY_URL": gateway.url,
+        web = Live("web", port=web_port, env={**stack_env, "GATEWAY_URL": gateway.console_url,
                                               "WEB_SECRET_KEY": secrets.token_urlsafe(48)},
                    WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
     except BaseException:

@@ -411,7 +411,9 @@ def test_http_processes_serve_their_port_and_probe_real_paths(overlay):
         port = DEFAULT_PORTS[service]
         assert env["SERVICE_NAME"] == service
         assert env["BIND"] == f"0.0.0.0:{port}"
-        assert [p["containerPort"] for p in container["ports"]] == [port]
+        # The gateway's second listener takes the web console's API calls (its own threads).
+        extra = [int(env["GATEWAY_CONSOLE_PORT"])] if service == "gateway" else []
+        assert [p["containerPort"] for p in container["ports"]] == [port, *extra]
         routes = {r.rule for r in create_app(service).url_map.iter_rules()}
         for probe, path in HTTP_PROBES.items():
             get = container[probe]["httpGet"]
@@ -426,8 +428,10 @@ def test_http_processes_serve_their_port_and_probe_real_paths(overlay):
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         svc = services[deployment["metadata"]["name"]]
         assert svc["spec"]["selector"].items() <= labels.items()
-        (svc_port,) = svc["spec"]["ports"]
+        svc_port, *svc_extra = svc["spec"]["ports"]
         assert svc_port["port"] == port and container_port(deployment, svc_port["targetPort"]) == port
+        assert [(p["port"], container_port(deployment, p["targetPort"])) for p in svc_extra] == \
+            [(e, e) for e in extra]
         pdb = budgets[deployment["metadata"]["name"]]
         assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
         assert "maxUnavailable" in pdb["spec"], "minAvailable would block draining a one-replica node"
@@ -452,6 +456,13 @@ def test_gateway_finds_the_services_through_kubernetes_services(overlay):
         labels = http[service]["spec"]["template"]["metadata"]["labels"]
         assert svc["spec"]["selector"].items() <= labels.items(), f"{url.hostname} does not select {service}"
     assert gateway.gateway_services == (), "the gateway's readiness must not hang on the upstreams"
+    # The console calls the API on the gateway's console listener, never on the one whose
+    # threads wait on the console's pages.
+    web = urlsplit(settings_of(overlay, main_container(http["web"])).gateway_url)
+    console_port = int(environment(overlay, main_container(http["gateway"]))["GATEWAY_CONSOLE_PORT"])
+    assert services[web.hostname]["spec"]["selector"].items() <= \
+        http["gateway"]["spec"]["template"]["metadata"]["labels"].items()
+    assert web.port == console_port != DEFAULT_PORTS["gateway"]
     assert settings_of(overlay, main_container(http["orders"])).service_urls["inventory"] == \
         gateway.service_urls["inventory"]
 
@@ -677,8 +688,11 @@ def test_network_policies(overlay):
     services = [s for s in DEFAULT_PORTS if s != "gateway"]
     # The web console holds no pool: it reaches the gateway and Redis only.
     pool_owners = {"gateway", *(s for s in services if s != "web"), "worker-pipeline", "worker-notifications"}
-    # From outside: the gateway only.
+    # From outside: the gateway only, and its console listener from the web console only.
     assert allowed(overlay, "gateway", DEFAULT_PORTS["gateway"])
+    assert allowed(overlay, "gateway", 8006, source="web")
+    for caller in (None, "users", "orders", "worker-pipeline", "flower"):
+        assert not allowed(overlay, "gateway", 8006, **({"source": caller} if caller else {})), caller
     for target in [*services, "pgbouncer", "flower", "worker-pipeline", "beat"]:
         for port in (*DEFAULT_PORTS.values(), 5555, 6432):
             assert not allowed(overlay, target, port), f"{target}:{port} reachable from outside"

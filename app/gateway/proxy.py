@@ -1,7 +1,8 @@
 """The gateway's routes: authenticate, rate-limit and forward /api/... to the services, and
 everything outside /api and the operations paths to the web console.
 
-Down -> 503, timeout -> 504, open circuit -> 503 with Retry-After, all problem+json.
+Down -> 503, timeout -> 504, open circuit or a full bulkhead -> 503 with Retry-After, all
+problem+json.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from werkzeug.exceptions import MethodNotAllowed
 from app.errors import problem
 from app.gateway import limits, views
 from app.gateway.routes import is_api, resolve, resolve_own
-from app.gateway.upstreams import UpstreamDown, Upstreams
+from app.gateway.upstreams import UpstreamBusy, UpstreamDown, Upstreams
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,9 @@ def _forward(upstreams: Upstreams, service: str, path: str, *, forward: tuple = 
     except pybreaker.CircuitBreakerError:
         return problem(503, f"the {service} service is unavailable, retry later",
                        headers={"Retry-After": str(upstreams.retry_after(service))})
+    except UpstreamBusy:
+        logger.warning("upstream busy", extra={"upstream": service})
+        return problem(503, f"the {service} service is busy, retry shortly", headers={"Retry-After": "1"})
     except UpstreamDown as exc:
         if str(exc) == "timeout":
             logger.warning("upstream timed out", extra={"upstream": service})

@@ -35,6 +35,11 @@ class UpstreamDown(Exception):
     """Counted by the breaker: the upstream could not be reached or did not answer."""
 
 
+class UpstreamBusy(Exception):
+    """Not counted by the breaker: this gateway worker has its share of requests waiting on
+    the upstream already (GATEWAY_UPSTREAM_CONCURRENCY), and none finished within the wait."""
+
+
 class Upstreams:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -53,6 +58,7 @@ class Upstreams:
         # Its own lock: a refresh waits on a query, which must not hold up finding a breaker.
         self._refresh_lock = threading.Lock()
         self._breakers: dict[str, pybreaker.CircuitBreaker] = {}
+        self._bulkheads: dict[str, threading.BoundedSemaphore] = {}
         self._pools: dict[str, tuple[urllib3.HTTPConnectionPool, str]] = {}  # url -> (pool, its path)
 
     # -- discovery -----------------------------------------------------------------
@@ -121,8 +127,28 @@ class Upstreams:
         return max(1, int(self.settings.gateway_breaker_reset_seconds - elapsed + 0.999))
 
     # -- requests ------------------------------------------------------------------------
+    def bulkhead(self, service: str) -> threading.BoundedSemaphore:
+        found = self._bulkheads.get(service)
+        if found is None:
+            with self._lock:
+                found = self._bulkheads.setdefault(
+                    service, threading.BoundedSemaphore(self.settings.gateway_upstream_concurrency))
+        return found
+
     def request(self, service: str, method: str, path: str, **kwargs) -> urllib3.BaseHTTPResponse:
-        """Send to one instance; a GET that could not connect is tried once on another."""
+        """Send to one instance; a GET that could not connect is tried once on another.
+
+        Outside the breaker, a bulkhead: waiting for room is this gateway's own queueing,
+        which says nothing about the upstream's health."""
+        bulkhead = self.bulkhead(service)
+        if not bulkhead.acquire(timeout=self.settings.gateway_upstream_wait_seconds):
+            raise UpstreamBusy(service)
+        try:
+            return self._request(service, method, path, **kwargs)
+        finally:
+            bulkhead.release()
+
+    def _request(self, service: str, method: str, path: str, **kwargs) -> urllib3.BaseHTTPResponse:
         if not tracing.unsampled():
             return self.breaker(service).call(self._attempt, service, method, path, kwargs)
         # A trace the sampler dropped: pass its context on, without the urllib3

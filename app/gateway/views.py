@@ -24,7 +24,7 @@ from marshmallow import Schema, fields, validate
 from app.auth import admin_required
 from app.blueprint import Blueprint, problem_response
 from app.gateway.routes import ROUTES
-from app.gateway.upstreams import UpstreamDown, Upstreams
+from app.gateway.upstreams import UpstreamBusy, UpstreamDown, Upstreams
 from infra import dead_letters, pagination, registry, runtime
 from infra.errors import Unavailable
 from infra.validation import Line, PageQuerySchema, Text
@@ -370,7 +370,7 @@ class OpenApi:
                 for service in services:
                     try:
                         response = self.upstreams.request(service, "GET", "/openapi.json")
-                    except (UpstreamDown, pybreaker.CircuitBreakerError):
+                    except (UpstreamDown, UpstreamBusy, pybreaker.CircuitBreakerError):
                         missing = True  # serve what we have; try again soon
                         continue
                     if response.status == 200:

@@ -156,6 +156,42 @@ def test_gateway_upstream_down_is_503_and_timeout_is_504(rt, base_env):
         silent.close()
 
 
+def test_a_saturated_upstream_is_refused_fast_with_retry_after_and_the_breaker_counts_none_of_it(rt, base_env):
+    """One request holds the bulkhead of a silent upstream; the others are answered 503 with
+    Retry-After within the wait, not after the read timeout, and none of them counts toward
+    the breaker: the next request after the first timed out still reaches the upstream."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # accepts connections, never answers
+    body = json.dumps({"email": "a@b.io", "name": "A", "password": "long enough"})
+    headers = {"Content-Type": "application/json"}
+    gateway = Live("gateway", base_env, USERS_URL=f"http://127.0.0.1:{silent.getsockname()[1]}",
+                   UPSTREAM_READ_TIMEOUT_SECONDS="3", GATEWAY_UPSTREAM_CONCURRENCY="1",
+                   GATEWAY_UPSTREAM_WAIT_SECONDS="0.2", GATEWAY_BREAKER_FAIL_MAX="3", WEB_CONCURRENCY="1")
+    try:
+        http = urllib3.PoolManager(maxsize=4)
+        holder: list = []
+        held = threading.Thread(target=lambda: holder.append(
+            http.request("POST", gateway.url + "/api/users", body=body, headers=headers)))
+        held.start()
+        time.sleep(0.5)  # it is waiting on the upstream now
+        refused = []
+        for _ in range(6):  # twice the breaker's threshold
+            started = time.monotonic()
+            r = http.request("POST", gateway.url + "/api/users", body=body, headers=headers)
+            refused.append((r.status, int(r.headers.get("Retry-After", "0")) >= 1, json.loads(r.data)["detail"],
+                            time.monotonic() - started < 2.5))
+        held.join(10)
+        assert refused == [(503, True, "the users service is busy, retry shortly", True)] * 6
+        assert holder[0].status == 504
+        # Closed still: this one waits on the upstream again rather than meeting an open circuit.
+        r = http.request("POST", gateway.url + "/api/users", body=body, headers=headers)
+        assert r.status == 504, r.data
+    finally:
+        gateway.stop()
+        silent.close()
+
+
 async def _connections(url: str, app_prefix: str) -> int:
     conn = await asyncpg.connect(url)
     try:
