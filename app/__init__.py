@@ -62,6 +62,10 @@ def create_app(service: str, settings: Settings | None = None) -> Flask:
         web.init_app(app, settings)  # the storefront (and the place of the operations console)
     for blueprint in _blueprints(service):
         api.register_blueprint(blueprint)
+    from app.forwarded import ClientAddress
+
+    app.wsgi_app = ClientAddress(app.wsgi_app, trusted=settings.trusted_proxies,
+                                 forwarding_port=settings.gateway_console_port if service == "gateway" else None)
     return app
 
 

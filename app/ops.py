@@ -2,13 +2,12 @@
 
 /health is open to everyone. /ready and /metrics answer only clients in
 OPS_ALLOWED_NETWORKS (a 404 like any unknown path to others): the client is the
-socket peer, or, when the peer is one of OPS_TRUSTED_PROXIES, the nearest address in
-X-Forwarded-For that is not. Readiness is checked at most once per READY_CACHE_SECONDS
+client's address as app/forwarded.py finds it (the socket peer, or behind TRUSTED_PROXIES
+the nearest address in X-Forwarded-For that is not one of them). Readiness is checked at most once per READY_CACHE_SECONDS
 per process, however many ask.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
@@ -18,6 +17,8 @@ from typing import Callable
 
 import structlog
 from flask import Blueprint, Flask, Response, abort, g, jsonify, request
+
+from app import forwarded
 
 from app import metrics
 from app.errors import problem
@@ -54,34 +55,12 @@ def check_redis() -> None:
         raise Unavailable("redis is unavailable") from None
 
 
-def _address(text: str | None):
-    try:
-        address = ipaddress.ip_address((text or "").strip())
-    except ValueError:
-        return None
-    return address.ipv4_mapped or address if address.version == 6 else address
-
-
-def client_address(*, trusted_proxies: tuple):
-    """The client's IP address, or None when it cannot be told (a unix socket, a malformed header)."""
-    address = _address(request.remote_addr)
-    if address is None or not any(address in net for net in trusted_proxies):
-        return address
-    # Each proxy appends the address it was reached from: walk back over our own proxies.
-    hops = [hop for hop in request.headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
-    for hop in reversed(hops):
-        address = _address(hop)
-        if address is None or not any(address in net for net in trusted_proxies):
-            return address
-    return address
-
-
-def internal_only(view, *, allowed: tuple, trusted_proxies: tuple):
+def internal_only(view, *, allowed: tuple):
     """Serve ``view`` to clients in ``allowed`` networks; to anyone else the path does not exist."""
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        address = client_address(trusted_proxies=trusted_proxies)
+        address = forwarded.ip(request.remote_addr)  # the client's, as app/forwarded.py found it
         if address is None or not any(address in net for net in allowed):
             abort(404)
         return view(*args, **kwargs)
@@ -134,8 +113,7 @@ def register(app: Flask, *, service: str, ready_checks: dict[str, Callable[[], N
     app.extensions["readiness"] = readiness
 
     def internal(view):
-        return internal_only(view, allowed=settings.ops_allowed_networks,
-                             trusted_proxies=settings.ops_trusted_proxies)
+        return internal_only(view, allowed=settings.ops_allowed_networks)
 
     @app.before_request
     def _start():

@@ -193,6 +193,8 @@ class Settings:
     # room within the wait is answered 503 with Retry-After, and the breaker counts nothing.
     gateway_upstream_concurrency: int = 6
     gateway_upstream_wait_seconds: float = 1.0
+    # The gateway's listener for the web console's API calls (GATEWAY_CONSOLE_PORT; None: none).
+    gateway_console_port: int | None = GATEWAY_CONSOLE_PORT
     registry_enabled: bool = True
     registry_heartbeat_seconds: float = 2.0
     registry_ttl_seconds: float = 6.0
@@ -206,13 +208,17 @@ class Settings:
     sms_webhook_url: str | None = None
     sms_webhook_token: Secret | None = field(default=None, repr=False)
     rate_limit_default: str = "600/minute"
+    # The web console's pages (everything outside /api but its static files), per client.
+    rate_limit_pages: str = "600/minute"
     rate_limit_login: str = "10/minute"
     log_level: str = "INFO"
     log_format: str = "console"
     admin_email: str | None = None
     admin_password: Secret | None = field(default=None, repr=False)
     ops_allowed_networks: tuple = _networks({}, "", OPS_DEFAULT_NETWORKS)
-    ops_trusted_proxies: tuple = ()
+    # Proxies whose X-Forwarded-For is believed, for every rule that keys on the client
+    # (app/forwarded.py): TRUSTED_PROXIES (OPS_TRUSTED_PROXIES, its earlier name).
+    trusted_proxies: tuple = ()
     ready_cache_seconds: float = 1.0
     # What this process is called in logs, traces and application_name (SERVICE_NAME).
     service_name: str | None = None
@@ -359,6 +365,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         gateway_breaker_fail_max=_int(env, "GATEWAY_BREAKER_FAIL_MAX", 5),
         gateway_upstream_concurrency=_at_least_one(env, "GATEWAY_UPSTREAM_CONCURRENCY", 6),
         gateway_upstream_wait_seconds=_float(env, "GATEWAY_UPSTREAM_WAIT_SECONDS", 1.0),
+        gateway_console_port=_int(env, "GATEWAY_CONSOLE_PORT", GATEWAY_CONSOLE_PORT) if env.get(
+            "GATEWAY_CONSOLE_PORT", "x") != "" else None,
         gateway_breaker_reset_seconds=_float(env, "GATEWAY_BREAKER_RESET_SECONDS", 10.0),
         registry_enabled=_bool(env, "REGISTRY_ENABLED", True),
         registry_heartbeat_seconds=_float(env, "REGISTRY_HEARTBEAT_SECONDS", 2.0),
@@ -373,13 +381,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sms_webhook_url=env.get("SMS_WEBHOOK_URL") or None,
         sms_webhook_token=Secret(env["SMS_WEBHOOK_TOKEN"]) if env.get("SMS_WEBHOOK_TOKEN") else None,
         rate_limit_default=env.get("RATE_LIMIT_DEFAULT", "600/minute"),
+        rate_limit_pages=env.get("RATE_LIMIT_PAGES", "600/minute"),
         rate_limit_login=env.get("RATE_LIMIT_LOGIN", "10/minute"),
         log_level=env.get("LOG_LEVEL", "INFO").upper(),
         log_format=env.get("LOG_FORMAT", "json" if app_env == "production" else "console"),
         admin_email=env.get("ADMIN_EMAIL") or None,
         admin_password=Secret(admin_password) if admin_password else None,
         ops_allowed_networks=_networks(env, "OPS_ALLOWED_NETWORKS", OPS_DEFAULT_NETWORKS),
-        ops_trusted_proxies=_networks(env, "OPS_TRUSTED_PROXIES", ""),
+        trusted_proxies=_networks(env, "TRUSTED_PROXIES", "") if env.get("TRUSTED_PROXIES") is not None
+        else _networks(env, "OPS_TRUSTED_PROXIES", ""),
         ready_cache_seconds=_float(env, "READY_CACHE_SECONDS", 1.0),
         service_name=env.get("SERVICE_NAME") or None,
         celery_broker_url=env.get("CELERY_BROKER_URL") or None,

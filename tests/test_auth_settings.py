@@ -72,7 +72,7 @@ def test_operations_networks_default_to_loopback_and_private_ranges():
     allowed = set(s.ops_allowed_networks)
     assert allowed == {ipaddress.ip_network(n) for n in (
         "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")}
-    assert s.ops_trusted_proxies == () and s.ready_cache_seconds == 1.0
+    assert s.trusted_proxies == () and s.ready_cache_seconds == 1.0
 
 
 def test_operations_networks_are_configurable_and_checked():
@@ -80,9 +80,14 @@ def test_operations_networks_are_configurable_and_checked():
                        "OPS_TRUSTED_PROXIES": "10.0.0.5"})
     assert s.ops_allowed_networks == (ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("2001:db8::/32"),
                                       ipaddress.ip_network("192.0.2.7/32"))
-    assert s.ops_trusted_proxies == (ipaddress.ip_network("10.0.0.5/32"),)
+    assert s.trusted_proxies == (ipaddress.ip_network("10.0.0.5/32"),)
     assert load_settings({"OPS_ALLOWED_NETWORKS": ""}).ops_allowed_networks == ()
     with pytest.raises(ConfigError, match="OPS_ALLOWED_NETWORKS"):
         load_settings({"OPS_ALLOWED_NETWORKS": "10.0.0.0/8,the office"})
     with pytest.raises(ConfigError, match="OPS_TRUSTED_PROXIES"):
         load_settings({"OPS_TRUSTED_PROXIES": "300.1.1.1"})
+    # TRUSTED_PROXIES is the name now (every rule that keys on the client believes them).
+    assert load_settings({"TRUSTED_PROXIES": "10.0.0.6", "OPS_TRUSTED_PROXIES": "10.0.0.5"}).trusted_proxies == \
+        (ipaddress.ip_network("10.0.0.6/32"),)
+    with pytest.raises(ConfigError, match="TRUSTED_PROXIES"):
+        load_settings({"TRUSTED_PROXIES": "a proxy"})

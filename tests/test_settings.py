@@ -137,3 +137,27 @@ def test_behind_pgbouncer_no_named_statement_is_cached_and_migrations_go_direct(
         load_settings({"DATABASE_POOLER": "pgpool"})
     with pytest.raises(ConfigError, match="DATABASE_STATEMENT_CACHE_SIZE"):
         load_settings({"DATABASE_STATEMENT_CACHE_SIZE": "-1"})
+
+
+# -- who the client is (app/forwarded.py: no I/O) -------------------------------------------
+def _nets(*texts):
+    import ipaddress
+
+    return tuple(ipaddress.ip_network(t) for t in texts)
+
+
+@pytest.mark.parametrize("peer, forwarded, trusted, peer_trusted, client", [
+    ("203.0.113.9", "198.51.100.1", (), False, "203.0.113.9"),  # nobody trusted: the peer, whatever it says
+    ("10.0.0.5", "198.51.100.1", ("10.0.0.0/8",), False, "198.51.100.1"),  # behind our ingress
+    ("10.0.0.5", "192.0.2.66, 198.51.100.1", ("10.0.0.0/8",), False, "198.51.100.1"),  # a made-up hop stays unread
+    ("10.0.0.5", "198.51.100.1, 10.0.0.7", ("10.0.0.0/8",), False, "198.51.100.1"),  # two of our proxies
+    ("127.0.0.1", "127.0.0.2", (), True, "127.0.0.2"),  # the console listener: the web's one hop
+    ("127.0.0.1", "192.0.2.66, 127.0.0.2", (), True, "127.0.0.2"),  # ... and no more
+    ("10.1.1.1", "198.51.100.1, 10.0.0.5", ("10.0.0.0/8",), True, "198.51.100.1"),  # console behind the ingress
+    ("10.0.0.5", "not an address", ("10.0.0.0/8",), False, None),
+])
+def test_the_client_is_the_nearest_hop_that_is_not_a_trusted_proxy(peer, forwarded, trusted, peer_trusted, client):
+    from app.forwarded import client_of
+
+    found = client_of(peer, forwarded, _nets(*trusted), peer_trusted=peer_trusted)
+    assert (str(found) if found is not None else None) == client

@@ -90,6 +90,14 @@ def client_key() -> str:
     return "ip:" + (request.remote_addr or "unknown")
 
 
+def page_key() -> str:
+    return "page:" + (request.remote_addr or "unknown")
+
+
+def is_static() -> bool:
+    return request.path.startswith("/static/")
+
+
 def login_key() -> str:
     body = request.get_json(silent=True) if request.is_json else None
     email = body.get("email") if isinstance(body, dict) and isinstance(body.get("email"), str) else ""

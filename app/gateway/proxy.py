@@ -14,6 +14,7 @@ from flask import Flask, Response, g, request
 from flask_jwt_extended import verify_jwt_in_request
 from werkzeug.exceptions import MethodNotAllowed
 
+from app import forwarded
 from app.errors import problem
 from app.gateway import limits, views
 from app.gateway.routes import is_api, resolve, resolve_own
@@ -64,8 +65,11 @@ def init_app(app: Flask, settings: Settings, ready_checks: dict) -> None:
 
     # Everything else is the web console's (app/web), static files included: the ops paths
     # (/health, /ready, /metrics) and /api/... are rules of their own, matched before this one.
+    # Pages are limited per client (the client's address, app/forwarded.py), a bucket of their
+    # own; static files are not counted: a page view fetches several.
     @app.route("/", defaults={"subpath": ""}, methods=WEB_METHODS)
     @app.route("/<path:subpath>", methods=WEB_METHODS)
+    @limiter.limit(settings.rate_limit_pages, key_func=limits.page_key, exempt_when=limits.is_static)
     def web(subpath: str):
         if is_api(request.path):
             return problem(404, "no such resource")
@@ -106,10 +110,8 @@ def _forward(upstreams: Upstreams, service: str, path: str, *, forward: tuple = 
         path += "?" + request.query_string.decode("latin-1")
     headers = {name: request.headers[name] for name in forward if name in request.headers}
     headers["X-Request-ID"] = g.request_id
-    forwarded_for = request.headers.get("X-Forwarded-For")
-    headers["X-Forwarded-For"] = f"{forwarded_for}, {request.remote_addr}" if forwarded_for else (
-        request.remote_addr or ""
-    )
+    forwarded_for, peer = request.headers.get("X-Forwarded-For"), forwarded.peer(request.environ)
+    headers["X-Forwarded-For"] = f"{forwarded_for}, {peer}" if forwarded_for else peer
     body = request.get_data(cache=False) if request.method not in ("GET", "HEAD") else None
     try:
         upstream = upstreams.request(service, request.method, path, body=body, headers=headers)

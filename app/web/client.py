@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 import urllib3
-from flask import current_app, g, request
+from flask import current_app, g, has_request_context, request
 
 from config.settings import Settings
 
@@ -86,6 +86,10 @@ class Gateway:
             sent["Content-Type"] = "application/json"
         if getattr(g, "request_id", None):
             sent["X-Request-ID"] = g.request_id
+        if has_request_context():
+            # Who the browser is, as the gateway in front of us said (or our own peer when
+            # reached directly): the gateway's console listener believes it for one hop.
+            sent["X-Forwarded-For"] = request.headers.get("X-Forwarded-For") or request.remote_addr or ""
         sent.update(headers or {})
         try:
             response = self.http.request(method, self.base + path, headers=sent,

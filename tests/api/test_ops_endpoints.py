@@ -63,7 +63,7 @@ def test_x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(client):
 
 
 def test_behind_a_trusted_proxy_the_client_is_the_nearest_untrusted_address(rt, settings):
-    client = client_for(settings, ops_trusted_proxies=nets("10.0.0.5/32", "10.0.1.0/24"))
+    client = client_for(settings, trusted_proxies=nets("10.0.0.5/32", "10.0.1.0/24"))
     proxy = "10.0.0.5"
 
     def status(forwarded: str | None, peer: str = proxy) -> int:

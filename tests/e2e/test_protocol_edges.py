@@ -475,6 +475,13 @@ def test_guard_gthread_stops_accepting_after_its_loop_and_keeps_the_names_the_wo
     assert list(inspect.signature(gthread.TConn).parameters) == ["cfg", "sock", "client", "server"]
     assert callable(gthread.ThreadWorker.enqueue_req)
     assert "self.nr_conns" in inspect.getsource(gthread.ThreadWorker.accept)
+    # A listener's own pool: ThreadWorker.enqueue_req repeats gthread's on another executor,
+    # and makes its pools when gthread asks for its one.
+    enqueue = inspect.getsource(gthread.ThreadWorker.enqueue_req)
+    assert "self.tpool.submit(self.handle, conn)" in enqueue
+    assert "self.method_queue.defer(self.finish_request, conn, fut)" in enqueue
+    assert "self.tpool = self.get_thread_pool()" in inspect.getsource(gthread.ThreadWorker.init_process)
+    assert "self.server = server" in inspect.getsource(gthread.TConn.__init__)
 
 
 def test_guard_the_arbiter_closes_its_listeners_before_it_signals_the_workers_to_stop():

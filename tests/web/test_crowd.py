@@ -4,13 +4,17 @@ gateway. Every page is answered whole, none with a 5xx, and the gateway's breake
 console stays closed."""
 from __future__ import annotations
 
+import re
+import secrets
 import threading
 import uuid
 from collections import Counter
 
+import pytest
 import urllib3
 
-from tests.support import Api, create_product
+from tests.conftest import Live, WebStack, free_port
+from tests.support import Api, create_product, new_email
 
 GATEWAY_THREADS = 8  # live_web's gateway: one gunicorn worker of 8 threads
 VISITORS = 4 * GATEWAY_THREADS
@@ -53,3 +57,62 @@ def test_four_times_the_gateways_threads_of_concurrent_visitors_get_every_page_w
     # The console's breaker never opened: a page after the crowd is served at once.
     status, _, _ = api.call("GET", "/")
     assert status == 200
+
+
+@pytest.fixture(scope="module")
+def limited_web(stack_env, live_orders, live_notifications):
+    """A gateway with small limits in front of a web console of its own."""
+    web_port = free_port()
+    gateway = Live("gateway", env={**stack_env, "ORDERS_URL": live_orders.url,
+                                   "NOTIFICATIONS_URL": live_notifications.url,
+                                   "WEB_URL": f"http://127.0.0.1:{web_port}",
+                                   "RATE_LIMIT_PAGES": "15/minute", "RATE_LIMIT_DEFAULT": "40/minute"},
+                   WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
+    try:
+        web = Live("web", port=web_port, env={**stack_env, "GATEWAY_URL": gateway.console_url,
+                                              "WEB_SECRET_KEY": secrets.token_urlsafe(48)},
+                   WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
+    except BaseException:
+        gateway.stop()
+        raise
+    stack = WebStack(gateway, web)
+    yield stack
+    stack.stop()
+
+
+def _from(address: str) -> urllib3.PoolManager:
+    return urllib3.PoolManager(source_address=(address, 0), retries=False, timeout=20)
+
+
+def test_a_visitor_over_its_own_limit_gets_429_and_a_visitor_elsewhere_is_served_and_signs_up(limited_web):
+    """Each visitor has buckets of its own, for pages and for the API calls the console makes
+    for it: one client's page views use up neither another's pages nor the catalog reads."""
+    greedy, other = _from("127.0.0.1"), _from("127.0.0.2")
+    statuses = [greedy.request("GET", limited_web.url + "/").status for _ in range(20)]
+    assert statuses[:15] == [200] * 15 and set(statuses[15:]) == {429}, statuses
+    refused = greedy.request("GET", limited_web.url + "/login")
+    assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert greedy.request("GET", limited_web.url + "/static/web.css").status == 200  # not counted
+
+    page = other.request("GET", limited_web.url + "/")
+    assert page.status == 200 and "Catalog" in page.data.decode()
+    form = other.request("GET", limited_web.url + "/register")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.data.decode()).group(1)
+    cookie = form.headers["Set-Cookie"].split(";", 1)[0]
+    signed_up = other.request("POST", limited_web.url + "/register", redirect=False, headers={"Cookie": cookie},
+                              fields={"csrf_token": csrf, "name": "Ada", "email": new_email(),
+                                      "password": "long enough"}, encode_multipart=False)
+    assert signed_up.status == 302, signed_up.data[:500]
+
+
+def test_the_console_passes_on_the_browsers_address_so_the_api_limit_is_per_browser(limited_web):
+    """The catalog page reads the API for its visitor: with the API's budget spent by one
+    browser, that browser sees the console's 429 page while another still gets the catalog."""
+    api_budget = 40
+    spender, bystander = _from("127.0.0.3"), _from("127.0.0.4")
+    for _ in range(api_budget):
+        spender.request("GET", limited_web.url + "/api/inventory/products?limit=1")
+    assert spender.request("GET", limited_web.url + "/api/inventory/products?limit=1").status == 429
+    page = spender.request("GET", limited_web.url + "/")
+    assert page.status == 429 and "Too many requests" in page.data.decode()
+    assert bystander.request("GET", limited_web.url + "/").status == 200
