@@ -55,30 +55,46 @@ def lines(user_id: str) -> dict[str, int]:
     return {field[5:]: int(value) for field, value in stored.items() if field.startswith("item:")}
 
 
-def add(user_id: str, product_id: str, quantity: int) -> None:
-    key = _key(user_id)
-    current = lines(user_id)
-    if product_id not in current and len(current) >= MAX_LINES:
+# One line changed atomically, the cap checked in the same step: two tabs adding at once
+# cannot take a full cart past MAX_LINES. ARGV: field, quantity, "add" or "set", caps, TTL.
+_CHANGE_LINE = """
+local key, field, quantity, mode = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local max_lines, max_quantity, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+if redis.call('hexists', key, field) == 0 then
+  if quantity <= 0 then return 1 end
+  local count = 0
+  for _, name in ipairs(redis.call('hkeys', key)) do
+    if string.sub(name, 1, 5) == 'item:' then count = count + 1 end
+  end
+  if count >= max_lines then return 0 end
+end
+if mode == 'add' then quantity = tonumber(redis.call('hget', key, field) or '0') + quantity end
+if quantity <= 0 then
+  redis.call('hdel', key, field)
+else
+  redis.call('hset', key, field, math.min(quantity, max_quantity))
+end
+redis.call('hdel', key, 'checkout')
+redis.call('expire', key, ttl)
+return 1
+"""
+
+
+def _change(user_id: str, product_id: str, quantity: int, mode: str) -> None:
+    changed = redis().eval(_CHANGE_LINE, 1, _key(user_id), f"item:{product_id}", quantity, mode, MAX_LINES,
+                           MAX_QUANTITY, CART_SECONDS)
+    if not changed:
         raise CartFull()
-    with redis().pipeline() as pipe:
-        pipe.hincrby(key, f"item:{product_id}", quantity)
-        pipe.hdel(key, "checkout")
-        pipe.expire(key, CART_SECONDS)
-        total = pipe.execute()[0]
-    if total > MAX_QUANTITY:
-        set_quantity(user_id, product_id, MAX_QUANTITY)
+
+
+def add(user_id: str, product_id: str, quantity: int) -> None:
+    """Add to a line (a new one only while the cart has room: CartFull), at most MAX_QUANTITY."""
+    _change(user_id, product_id, quantity, "add")
 
 
 def set_quantity(user_id: str, product_id: str, quantity: int) -> None:
-    key = _key(user_id)
-    with redis().pipeline() as pipe:
-        if quantity > 0:
-            pipe.hset(key, f"item:{product_id}", min(quantity, MAX_QUANTITY))
-        else:
-            pipe.hdel(key, f"item:{product_id}")
-        pipe.hdel(key, "checkout")
-        pipe.expire(key, CART_SECONDS)
-        pipe.execute()
+    """Set a line's quantity (0 removes it; a new line only while the cart has room: CartFull)."""
+    _change(user_id, product_id, quantity, "set")
 
 
 def checkout_key(user_id: str) -> str:

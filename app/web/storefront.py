@@ -6,9 +6,10 @@ the API refuses is shown next to the field it names (problem+json ``errors``).
 """
 from __future__ import annotations
 
+import re
 import uuid
 from functools import wraps
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode, urlsplit
 
 import redis
 
@@ -49,11 +50,26 @@ def _to_login():
     return redirect(target)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _safe_next(value: str | None) -> str:
-    """A local path to go back to after signing in; anything else is the home page."""
-    if value and value.startswith("/") and not value.startswith(("//", "/\\")):
-        return value
-    return url_for("storefront.catalog")
+    """A path of this site to go back to after signing in; anything else is the home page.
+
+    Browsers drop tabs and newlines from a Location and read a backslash as a slash, so
+    ``/<TAB>/evil.example`` or ``/\\evil.example`` would leave the site: a control character or
+    a backslash anywhere (as written or once decoded), a scheme, a host, or a path that is not
+    absolute sends the browser home."""
+    home = url_for("storefront.catalog")
+    if not value or _CONTROL.search(value):
+        return home
+    decoded = unquote(value)
+    if _CONTROL.search(decoded) or "\\" in decoded:
+        return home
+    parts = urlsplit(decoded)
+    if parts.scheme or parts.netloc or not decoded.startswith("/") or decoded.startswith("//"):
+        return home
+    return value
 
 
 @blp.app_errorhandler(SignedOut)
@@ -237,7 +253,18 @@ def _cart_view(user_id: str) -> tuple[list[dict], int]:
 @login_required
 def view_cart():
     rows, total = _cart_view(current_user()["id"])
-    return render_template("cart.html", rows=rows, total=total)
+    return render_template("cart.html", rows=rows, total=total, errors={})
+
+
+_CART_FULL = f"A cart holds at most {cart.MAX_LINES} different products."
+
+
+def _sold(product_id: str) -> dict:
+    """The product, if it exists and is sold; a 404 page otherwise."""
+    answer = client.anonymous("GET", f"/api/inventory/products/{product_id}")
+    if not answer.ok or not answer.data.get("active"):
+        abort(404)
+    return answer.data
 
 
 @blp.post("/cart/add")
@@ -246,30 +273,36 @@ def add_to_cart():
     product_id = _uuid(request.form.get("product_id", ""))
     quantity = _quantity(request.form.get("quantity", "1"))
     back = _safe_next(request.form.get("next"))
-    if not quantity:
-        flash(f"Choose a quantity from 1 to {cart.MAX_QUANTITY}.")
-        return redirect(back)
-    answer = client.anonymous("GET", f"/api/inventory/products/{product_id}")
-    if answer.status == 404 or (answer.ok and not answer.data["active"]):
-        abort(404)
-    try:
-        cart.add(current_user()["id"], product_id, quantity)
-    except cart.CartFull:
-        flash(f"A cart holds at most {cart.MAX_LINES} different products.")
-        return redirect(back)
-    flash(f"Added {quantity} × {answer.data['name']} to your cart.")
+    found = _sold(product_id)
+    refused = None if quantity else f"Choose a quantity from 1 to {cart.MAX_QUANTITY}."
+    if refused is None:
+        try:
+            cart.add(current_user()["id"], product_id, quantity)
+        except cart.CartFull:
+            refused = _CART_FULL
+    if refused is not None:  # next to the quantity field, on the product's page
+        return render_template("product.html", product=found, back=back, cart_errors={"quantity": [refused]}), 422
+    flash(f"Added {quantity} × {found['name']} to your cart.")
     return redirect(back)
 
 
 @blp.post("/cart/update")
 @login_required
 def update_cart():
+    user_id = current_user()["id"]
     product_id = _uuid(request.form.get("product_id", ""))
     quantity = 0 if "remove" in request.form else _quantity(request.form.get("quantity"))
-    if quantity is None:
-        flash(f"Choose a quantity from 0 to {cart.MAX_QUANTITY}.")
-    else:
-        cart.set_quantity(current_user()["id"], product_id, quantity)
+    refused = None if quantity is not None else f"Choose a quantity from 0 to {cart.MAX_QUANTITY}."
+    if refused is None:
+        if quantity > 0 and product_id not in cart.lines(user_id):
+            _sold(product_id)  # a new line: only a product that is sold
+        try:
+            cart.set_quantity(user_id, product_id, quantity)
+        except cart.CartFull:
+            refused = _CART_FULL
+    if refused is not None:  # next to that line's quantity (or above the cart for a new one)
+        rows, total = _cart_view(user_id)
+        return render_template("cart.html", rows=rows, total=total, errors={product_id: [refused]}), 422
     return redirect(url_for("storefront.view_cart"))
 
 

@@ -1,0 +1,91 @@
+"""The storefront against hostile and unlucky visitors: where it sends a browser after sign-in,
+what a cart may hold, what a copied session cookie still reaches after sign-out, and a late
+request with a refresh token that has just rotated. Flask test client against the session's
+live gateway and services."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.support import create_product, new_email
+from tests.web.test_views import PASSWORD, api, browser, csrf_of, product, sign_up, web_app  # noqa: F401 (fixtures)
+
+
+# -- where sign-in sends the browser ------------------------------------------------------
+@pytest.mark.parametrize("target", [
+    "/\t/evil.example", "/\n/evil.example", "/\r\n/evil.example", "//evil.example", "/\\evil.example",
+    "\\\\evil.example", "https://evil.example/", "javascript:alert(1)", "/%09/evil.example",
+    "/%2F/evil.example", "%2F%2Fevil.example", "/%5Cevil.example", "/\x00/x", "evil.example", " //evil.example",
+    "/\x7f/evil.example", "http:/evil.example",
+])
+def test_a_next_that_leaves_the_site_goes_to_the_home_page(browser, target):
+    email = sign_up(browser)
+    browser.post("/logout", data={"csrf_token": csrf_of(browser, "/")})
+    response = browser.post("/login", data={"csrf_token": csrf_of(browser), "email": email, "password": PASSWORD,
+                                            "next": target})
+    assert response.status_code == 302 and response.headers["Location"] == "/", target
+    signed_up = browser.post("/register", data={"csrf_token": csrf_of(browser, "/register"), "name": "Ada",
+                                                "email": new_email(), "password": PASSWORD, "next": target})
+    assert signed_up.status_code == 302 and signed_up.headers["Location"] == "/", target
+
+
+@pytest.mark.parametrize("target", ["/orders", "/products/x?y=1", "/cart#top", "/%7Euser"])
+def test_a_next_on_this_site_is_followed(browser, target):
+    email = sign_up(browser)
+    browser.post("/logout", data={"csrf_token": csrf_of(browser, "/")})
+    response = browser.post("/login", data={"csrf_token": csrf_of(browser), "email": email, "password": PASSWORD,
+                                            "next": target})
+    assert response.status_code == 302 and response.headers["Location"] == target
+
+
+# -- what a cart may hold -----------------------------------------------------------------
+def _cart_ids(browser) -> set[str]:
+    import re
+
+    return set(re.findall(r'name="product_id" value="([^"]+)"', browser.get("/cart").get_data(as_text=True)))
+
+
+def test_the_cart_update_form_adds_no_product_that_does_not_exist_or_is_not_sold(browser, api, admin):
+    sign_up(browser)
+    csrf = csrf_of(browser, "/")
+    retired = create_product(api, admin, stock=3)
+    api.ok("PATCH", f"/api/inventory/products/{retired['id']}", json_body={"active": False}, token=admin)
+    for product_id in (str(uuid.uuid4()), str(uuid.uuid4()), retired["id"]):
+        response = browser.post("/cart/update", data={"csrf_token": csrf, "product_id": product_id, "quantity": "2"})
+        assert response.status_code == 404, product_id
+    assert _cart_ids(browser) == set()
+
+
+def test_no_path_takes_a_cart_past_its_cap_and_the_refusal_shows_next_to_the_field(browser, api, admin):
+    from app.web.cart import MAX_LINES
+
+    sign_up(browser)
+    csrf = csrf_of(browser, "/")
+    products = [create_product(api, admin, stock=5) for _ in range(MAX_LINES + 1)]
+    for found in products[:MAX_LINES]:
+        assert browser.post("/cart/add", data={"csrf_token": csrf, "product_id": found["id"],
+                                               "quantity": "1"}).status_code == 302
+    extra = products[MAX_LINES]["id"]
+    added = browser.post("/cart/add", data={"csrf_token": csrf, "product_id": extra, "quantity": "1",
+                                            "next": f"/products/{extra}"})
+    assert added.status_code == 422
+    page = added.get_data(as_text=True)
+    assert f"at most {MAX_LINES} different products" in page and 'aria-describedby="quantity-errors"' in page
+    updated = browser.post("/cart/update", data={"csrf_token": csrf, "product_id": extra, "quantity": "1"})
+    assert updated.status_code == 422 and f"at most {MAX_LINES} different products" in updated.get_data(as_text=True)
+    assert len(_cart_ids(browser)) == MAX_LINES and extra not in _cart_ids(browser)
+    # A line already in the cart can still change.
+    first = products[0]["id"]
+    assert browser.post("/cart/update", data={"csrf_token": csrf, "product_id": first,
+                                              "quantity": "4"}).status_code == 302
+    assert 'value="4"' in browser.get("/cart").get_data(as_text=True)
+
+
+def test_a_quantity_out_of_range_is_shown_next_to_the_field(browser, product):
+    sign_up(browser)
+    response = browser.post("/cart/add", data={"csrf_token": csrf_of(browser, "/"), "product_id": product["id"],
+                                               "quantity": "1001", "next": f"/products/{product['id']}"})
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    assert "Choose a quantity from 1 to 1000" in page and 'aria-describedby="quantity-errors"' in page
