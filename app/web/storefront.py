@@ -11,6 +11,7 @@ import uuid
 from functools import wraps
 from urllib.parse import unquote, urlencode, urlsplit
 
+import jwt
 import redis
 
 from flask import (Blueprint, abort, current_app, flash, g, redirect, render_template, request, session,
@@ -18,6 +19,7 @@ from flask import (Blueprint, abort, current_app, flash, g, redirect, render_tem
 
 from app.web import cart, client
 from app.web.client import ACCESS_COOKIE, REFRESH_COOKIE, SignedOut
+from infra.errors import Unavailable
 
 blp = Blueprint("storefront", __name__, template_folder="templates", static_folder="static",
                 static_url_path="/static")
@@ -29,8 +31,37 @@ CANCELLABLE = {"pending", "reserved"}
 
 # -- who is signed in ---------------------------------------------------------------------
 def current_user() -> dict | None:
-    """{id, name, role} of the signed-in user (kept in the signed session cookie at sign-in)."""
+    """{id, name, role} of the signed-in user (kept in the signed session cookie at sign-in,
+    checked against the login session on every request: ``_session_alive``)."""
     return session.get("user")
+
+
+@blp.before_app_request
+def _session_alive():
+    """A signed session cookie lives on in copies: on every request, the login session it was
+    made for (the family and generation of its tokens, kept at sign-in) must still be open,
+    as the API itself would judge those tokens. After a logout, a logout-all on any device or
+    a password change, the cookie is forgotten here before anything reads the cart."""
+    user = session.get("user")
+    if user is None:
+        return None
+    family, generation = user.get("fam"), user.get("gen")
+    try:
+        ended = family is None or generation is None or _sessions().is_revoked(
+            family=family, user_id=user["id"], generation=int(generation))
+    except Unavailable:
+        raise client.ApiUnavailable() from None
+    if ended:
+        session.clear()
+        g.signed_out = True
+    return None
+
+
+def _sessions():
+    from services.users.sessions import SessionStore
+
+    settings = current_app.extensions["settings"]
+    return SessionStore(cart.redis(), refresh_ttl=settings.refresh_token_ttl, max_age=settings.session_max_age_seconds)
 
 
 def login_required(view):
@@ -118,9 +149,13 @@ def _sign_in(pair: dict) -> None:
     me = client.gateway().call("GET", "/api/users/me", token=pair["access_token"])
     if me.status != 200:
         raise SignedOut()
+    # The login session the pair belongs to (read from the token the API just issued us; the
+    # API checks its signature on every call): what _session_alive asks about.
+    claims = jwt.decode(pair["access_token"], options={"verify_signature": False})
     session.clear()
     session.permanent = True
-    session["user"] = {"id": me.data["id"], "name": me.data["name"], "role": me.data["role"]}
+    session["user"] = {"id": me.data["id"], "name": me.data["name"], "role": me.data["role"],
+                       "fam": claims.get("fam"), "gen": claims.get("gen", 0)}
 
 
 # -- catalog ------------------------------------------------------------------------------

@@ -89,3 +89,53 @@ def test_a_quantity_out_of_range_is_shown_next_to_the_field(browser, product):
     assert response.status_code == 422
     page = response.get_data(as_text=True)
     assert "Choose a quantity from 1 to 1000" in page and 'aria-describedby="quantity-errors"' in page
+
+
+# -- a copied session after sign-out ------------------------------------------------------
+COOKIES = ("oms_session", "oms_access", "oms_refresh")
+
+
+def _copy_of(web_app, browser):
+    """Another browser holding copies of this one's cookies (a stolen or backed-up cookie jar)."""
+    thief = web_app.test_client()
+    for name in COOKIES:
+        cookie = browser.get_cookie(name)
+        if cookie is not None:
+            thief.set_cookie(name, cookie.value)
+    return thief
+
+
+def _reaches_nothing(thief, product) -> None:
+    for path in ("/cart", "/checkout", "/orders", "/notifications"):
+        response = thief.get(path)
+        assert response.status_code == 302 and response.headers["Location"].startswith("/login"), path
+    csrf = csrf_of(thief, "/")
+    added = thief.post("/cart/add", data={"csrf_token": csrf, "product_id": product["id"], "quantity": "1"})
+    assert added.status_code == 302 and added.headers["Location"].startswith("/login")
+    updated = thief.post("/cart/update", data={"csrf_token": csrf, "product_id": product["id"], "quantity": "9"})
+    assert updated.status_code == 302 and updated.headers["Location"].startswith("/login")
+    assert 'class="count"' not in thief.get("/").get_data(as_text=True)  # not even the cart's count
+
+
+def test_after_sign_out_a_copied_session_cookie_reaches_nothing(web_app, browser, product):
+    email = sign_up(browser)
+    csrf = csrf_of(browser, "/")
+    browser.post("/cart/add", data={"csrf_token": csrf, "product_id": product["id"], "quantity": "2"})
+    thief = _copy_of(web_app, browser)
+    assert thief.get("/cart").status_code == 200  # while the session lives, the copy works
+    browser.post("/logout", data={"csrf_token": csrf})
+    _reaches_nothing(thief, product)
+    # The owner signs in again and finds the cart as it was.
+    owner = web_app.test_client()
+    owner.post("/login", data={"csrf_token": csrf_of(owner), "email": email, "password": PASSWORD})
+    assert 'value="2"' in owner.get("/cart").get_data(as_text=True)
+
+
+def test_after_sign_out_everywhere_on_another_device_the_session_cookie_reaches_nothing(web_app, browser, api,
+                                                                                         product):
+    email = sign_up(browser)
+    other = web_app.test_client()
+    other.post("/login", data={"csrf_token": csrf_of(other), "email": email, "password": PASSWORD})
+    token = other.get_cookie("oms_access").value
+    assert api.call("POST", "/api/auth/logout-all", token=token)[0] == 204
+    _reaches_nothing(browser, product)
