@@ -3,12 +3,16 @@
 A 401 on a user's call is answered by refreshing the tokens once (``/api/auth/refresh``
 with the refresh cookie) and retrying; the new pair goes back to the browser in the
 cookies of the response. Refresh tokens rotate and reusing one ends the whole login
-session, so concurrent requests of one browser (htmx polling several orders) must not
-refresh the same token twice: the first takes a short Redis lock and leaves the new pair
-there for the others to pick up.
+session, so no request of one browser may present a refresh token twice: the first takes
+a Redis lock, rotates, and leaves the new pair (encrypted with a key derived from
+WEB_SECRET_KEY) for the others of that browser that still carry the old cookie, for
+``PAIR_KEPT_SECONDS``; after that, a mark that the token was used stays until the token
+would have expired anyway, and a request that late is asked to sign in (its cookies left
+as they are) instead of presenting the used token.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -25,7 +29,10 @@ logger = logging.getLogger(__name__)
 ACCESS_COOKIE = "oms_access"
 REFRESH_COOKIE = "oms_refresh"
 _REFRESH_WAIT_SECONDS = 5.0
-_REFRESH_KEPT_SECONDS = 30
+# Longer than the refresh call may take (its read timeout), so a slow rotation is never
+# repeated by a request that finds the lock gone.
+_REFRESH_LOCK_SECONDS = 15
+PAIR_KEPT_SECONDS = 60  # for the late requests of a browser that still carry the old refresh cookie
 
 
 class ApiUnavailable(Exception):
@@ -46,6 +53,11 @@ class RateLimited(ApiUnavailable):
 
 class SignedOut(Exception):
     """The user's tokens no longer work (expired session, logged out elsewhere): sign in again."""
+
+
+class StaleRefresh(Exception):
+    """A request that still carries a refresh token another request of this browser rotated
+    long ago: asked to sign in, its session (and the browser's newer cookies) left alone."""
 
 
 @dataclass
@@ -155,29 +167,83 @@ def tokens() -> tuple[str | None, str | None]:
     return request.cookies.get(ACCESS_COOKIE), request.cookies.get(REFRESH_COOKIE)
 
 
+def refresh_keys(refresh: str) -> tuple[str, str, str]:
+    """Redis keys of one refresh token's rotation: the new pair, the lock, the used mark."""
+    base = "oms:web:refresh:" + hashlib.sha256(refresh.encode()).hexdigest()
+    return base, base + ":lock", base + ":used"
+
+
+def _fernet():
+    from cryptography.fernet import Fernet
+
+    secret = str(current_app.extensions["settings"].web_secret_key)
+    return Fernet(base64.urlsafe_b64encode(hashlib.sha256(b"oms-web-token-pair:" + secret.encode()).digest()))
+
+
+def _seal(pair: dict) -> bytes:
+    return _fernet().encrypt(json.dumps(pair).encode())
+
+
+def _unseal(sealed) -> dict:
+    from cryptography.fernet import InvalidToken
+
+    try:
+        return json.loads(_fernet().decrypt(sealed if isinstance(sealed, bytes) else sealed.encode()))
+    except (InvalidToken, ValueError):
+        return {}  # another key (WEB_SECRET_KEY changed) or garbage: nothing to hand over
+
+
+def _lifetime(token: str) -> int:
+    """Seconds until ``token`` expires (read, not verified: the API verifies it), at least 1."""
+    import jwt
+
+    try:
+        expires = int(jwt.decode(token, options={"verify_signature": False}).get("exp", 0))
+    except (jwt.PyJWTError, ValueError, TypeError):
+        expires = 0
+    settings = current_app.extensions["settings"]
+    return max(1, min(expires - int(time.time()), settings.refresh_token_ttl))
+
+
 def _refreshed(refresh: str | None) -> str:
     if not refresh:
         raise SignedOut()
     from app.web import cart
 
     redis = cart.redis()
-    key = "oms:web:refresh:" + hashlib.sha256(refresh.encode()).hexdigest()
-    if redis.set(key + ":lock", "1", nx=True, ex=int(_REFRESH_WAIT_SECONDS) * 2):
-        answer = gateway().call("POST", "/api/auth/refresh", token=refresh)
-        if answer.status != 200:
-            redis.set(key, "{}", ex=_REFRESH_KEPT_SECONDS)
-            raise SignedOut()
-        pair = {"access_token": answer.data["access_token"], "refresh_token": answer.data["refresh_token"],
-                "expires_in": answer.data.get("expires_in")}
-        redis.set(key, json.dumps(pair), ex=_REFRESH_KEPT_SECONDS)
-    else:  # another request of this browser is refreshing this very token: take its pair
-        deadline = time.monotonic() + _REFRESH_WAIT_SECONDS
-        while (found := redis.get(key)) is None:
-            if time.monotonic() > deadline:
-                raise ApiUnavailable()
-            time.sleep(0.05)
-        pair = json.loads(found)
-        if not pair:
-            raise SignedOut()
+    pair_key, lock_key, used_key = refresh_keys(refresh)
+    deadline = time.monotonic() + _REFRESH_WAIT_SECONDS
+    while True:
+        sealed = redis.get(pair_key)
+        if sealed is not None:  # rotated by another request of this browser: take its pair
+            pair = _unseal(sealed)
+            if not pair:
+                raise SignedOut()
+            break
+        if redis.exists(used_key):
+            raise StaleRefresh()
+        if redis.set(lock_key, "1", nx=True, ex=_REFRESH_LOCK_SECONDS):
+            try:
+                pair = _rotate(redis, refresh, pair_key, used_key)
+            finally:
+                redis.delete(lock_key)
+            break
+        if time.monotonic() > deadline:
+            raise ApiUnavailable()
+        time.sleep(0.05)
     g.new_tokens = pair
     return pair["access_token"]
+
+
+def _rotate(redis, refresh: str, pair_key: str, used_key: str) -> dict:
+    answer = gateway().call("POST", "/api/auth/refresh", token=refresh)
+    if answer.status != 200:
+        redis.set(pair_key, _seal({}), ex=PAIR_KEPT_SECONDS)  # the others waiting: signed out too
+        raise SignedOut()
+    pair = {"access_token": answer.data["access_token"], "refresh_token": answer.data["refresh_token"],
+            "expires_in": answer.data.get("expires_in")}
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.set(pair_key, _seal(pair), ex=PAIR_KEPT_SECONDS)
+        pipe.set(used_key, "1", ex=_lifetime(refresh))
+        pipe.execute()
+    return pair

@@ -103,6 +103,14 @@ def _safe_next(value: str | None) -> str:
     return value
 
 
+@blp.app_errorhandler(client.StaleRefresh)
+def _stale_refresh(error):
+    # Its cookies stay: the browser holds the newer pair already, and this answer must not
+    # delete it. Only this late request is sent to sign in.
+    flash("Please sign in again.")
+    return _to_login()
+
+
 @blp.app_errorhandler(SignedOut)
 def _signed_out(error):
     session.pop("user", None)

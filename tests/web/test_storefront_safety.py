@@ -139,3 +139,59 @@ def test_after_sign_out_everywhere_on_another_device_the_session_cookie_reaches_
     token = other.get_cookie("oms_access").value
     assert api.call("POST", "/api/auth/logout-all", token=token)[0] == 204
     _reaches_nothing(browser, product)
+
+
+# -- a late request with the refresh token that has just rotated --------------------------
+def _web_redis(settings):
+    import redis
+
+    return redis.Redis.from_url(settings.redis_url)
+
+
+def _late_copy(web_app, browser):
+    """This browser's cookies as a request sent before the rotation still carries them."""
+    late = _copy_of(web_app, browser)
+    late.set_cookie("oms_access", "expired-or-garbage")
+    return late
+
+
+def test_a_late_request_with_the_old_refresh_cookie_gets_the_new_pair_and_the_session_lives(web_app, browser, api,
+                                                                                          settings):
+    from app.web.client import refresh_keys
+
+    sign_up(browser)
+    old_refresh = browser.get_cookie("oms_refresh").value
+    browser.set_cookie("oms_access", "expired-or-garbage")
+    late = _late_copy(web_app, browser)
+    assert browser.get("/orders").status_code == 200  # rotated here
+    pair_key, lock_key, used_key = refresh_keys(old_refresh)
+    redis = _web_redis(settings)
+    # Kept encrypted, for no longer than late requests need it.
+    sealed = redis.get(pair_key)
+    assert sealed and browser.get_cookie("oms_access").value.encode() not in sealed
+    assert 0 < redis.ttl(pair_key) <= 60 and redis.ttl(used_key) > 60
+    redis.delete(lock_key)  # as if the request came after the lock had expired
+    response = late.get("/orders")
+    assert response.status_code == 200
+    assert late.get_cookie("oms_refresh").value == browser.get_cookie("oms_refresh").value
+    assert api.call("GET", "/api/users/me", token=browser.get_cookie("oms_access").value)[0] == 200
+
+
+def test_a_very_late_request_is_asked_to_sign_in_and_neither_ends_the_session_nor_drops_the_new_cookies(
+        web_app, browser, api, settings):
+    from app.web.client import refresh_keys
+
+    sign_up(browser)
+    old_refresh = browser.get_cookie("oms_refresh").value
+    browser.set_cookie("oms_access", "expired-or-garbage")
+    late = _late_copy(web_app, browser)
+    assert browser.get("/orders").status_code == 200
+    pair_key, lock_key, _ = refresh_keys(old_refresh)
+    _web_redis(settings).delete(pair_key, lock_key)  # as if a minute had gone by
+    response = late.get("/orders")
+    assert response.status_code == 302 and response.headers["Location"].startswith("/login")
+    assert not [h for h in response.headers.getlist("Set-Cookie") if h.startswith(("oms_access=", "oms_refresh="))]
+    # The session lives: the browser's newer pair still works, and rotates as it should.
+    new_refresh = browser.get_cookie("oms_refresh").value
+    assert api.call("GET", "/api/users/me", token=browser.get_cookie("oms_access").value)[0] == 200
+    assert api.call("POST", "/api/auth/refresh", token=new_refresh)[0] == 200
