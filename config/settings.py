@@ -186,6 +186,10 @@ class Settings:
     login_delay_seconds: int = 2
     login_delay_max_seconds: int = 900
     login_failure_window_seconds: int = 3600
+    # Across clients (a spraying run): from this many failures on, every further one locks the
+    # account for the delay (never longer) for clients it has not logged in from.
+    login_account_failures_max: int = 20
+    login_account_delay_seconds: int = 60
     gateway_breaker_fail_max: int = 5
     gateway_breaker_reset_seconds: float = 10.0
     # A bulkhead per upstream service and gateway worker: at most this many of its requests
@@ -362,6 +366,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         login_delay_seconds=_at_least_one(env, "LOGIN_DELAY_SECONDS", 2),
         login_delay_max_seconds=_at_least_one(env, "LOGIN_DELAY_MAX_SECONDS", 900),
         login_failure_window_seconds=_at_least_one(env, "LOGIN_FAILURE_WINDOW_SECONDS", 3600),
+        login_account_failures_max=_at_least_one(env, "LOGIN_ACCOUNT_FAILURES_MAX", 20),
+        login_account_delay_seconds=_at_least_one(env, "LOGIN_ACCOUNT_DELAY_SECONDS", 60),
         gateway_breaker_fail_max=_int(env, "GATEWAY_BREAKER_FAIL_MAX", 5),
         gateway_upstream_concurrency=_at_least_one(env, "GATEWAY_UPSTREAM_CONCURRENCY", 6),
         gateway_upstream_wait_seconds=_float(env, "GATEWAY_UPSTREAM_WAIT_SECONDS", 1.0),

@@ -241,7 +241,9 @@ class Live(launcher.Process):
 
 @pytest.fixture(scope="session")
 def live_users(rt, base_env):
-    server = Live("users", REGISTRY_ENABLED="1", env=base_env, WEB_CONCURRENCY="1", GUNICORN_THREADS="4")
+    # It trusts the gateway's hop (on loopback), so its login throttle sees each client.
+    server = Live("users", REGISTRY_ENABLED="1", env=base_env, WEB_CONCURRENCY="1", GUNICORN_THREADS="4",
+                  TRUSTED_PROXIES="127.0.0.1/32")
     yield server
     server.stop()
 

@@ -1,7 +1,7 @@
 """Users and auth endpoints (port 8001): thin views over services.users.service."""
 from __future__ import annotations
 
-from flask import current_app
+from flask import current_app, request
 from flask.views import MethodView
 from flask_jwt_extended import get_jwt, jwt_required
 from app.blueprint import Blueprint
@@ -63,7 +63,9 @@ class Me(MethodView):
 @blp.response(200, TokensSchema)
 def login(body):
     """Exchange email and password for a token pair (429 with Retry-After after repeated failures)."""
-    return _tokens(service.log_in(email=body["email"], password=body["password"]))
+    # The client's address as app/forwarded.py found it: behind the gateway, the users
+    # service must list the gateway in TRUSTED_PROXIES to see past it.
+    return _tokens(service.log_in(email=body["email"], password=body["password"], client=request.remote_addr))
 
 
 @blp.route("/auth/refresh", methods=["POST"])

@@ -40,16 +40,17 @@ def register_user(*, email: str, name: str, password: str, phone: str | None = N
     return user
 
 
-def authenticate(*, email: str, password: str) -> dict:
+def authenticate(*, email: str, password: str, client: str | None = None) -> dict:
     """Return {id, role, session_generation} for valid credentials; the same InvalidCredentials otherwise.
 
-    Throttled per account (LoginThrottled, 429) after repeated failures, whatever the address.
+    Throttled (LoginThrottled, 429) per account and ``client`` (the caller's address), and per
+    account across clients it has not logged in from (services/users/throttle.py).
     """
     row = runtime.db().run(repository.get_credentials, _db(), email=email)
     account = login_throttle.account_key(user_id=row["id"] if row else None, email=email)
     throttle = login_throttle.throttle()
     try:
-        throttle.admit(account=account)
+        throttle.admit(account=account, client=client)
     except LoginThrottled:
         # An id for the monitoring of attacks; an unknown email is not named at all.
         logger.warning("login throttled", extra={"user_id": str(row["id"]) if row else None})
@@ -60,7 +61,7 @@ def authenticate(*, email: str, password: str) -> dict:
         raise InvalidCredentials("wrong email or password") from None
     if row is None:
         raise InvalidCredentials("wrong email or password")
-    throttle.succeeded(account=account)
+    throttle.succeeded(account=account, client=client)
     return {"id": row["id"], "role": row["role"], "session_generation": row["session_generation"]}
 
 
@@ -70,8 +71,8 @@ def start_session(*, user_id, role: str, session_generation: int = 0) -> dict:
     return _grant(user_id=user_id, role=role, generation=session_generation, session=session)
 
 
-def log_in(*, email: str, password: str) -> dict:
-    user = authenticate(email=email, password=password)
+def log_in(*, email: str, password: str, client: str | None = None) -> dict:
+    user = authenticate(email=email, password=password, client=client)
     return start_session(user_id=user["id"], role=user["role"], session_generation=user["session_generation"])
 
 

@@ -1,8 +1,12 @@
-"""Login throttling in the users service itself: per account, whatever the client address.
+"""Login throttling in the users service itself: per (account, client), and per account
+across the clients it has not logged in from.
 
-After LOGIN_FAILURES_BEFORE_DELAY failed logins for one account, further attempts are
-refused with a 429 problem and Retry-After for a delay that doubles with each further
-failure up to LOGIN_DELAY_MAX_SECONDS; a successful login starts the count again.
+After LOGIN_FAILURES_BEFORE_DELAY failed logins for one account from one client, that
+client is refused with a 429 problem and Retry-After for a delay that doubles with each
+further failure up to LOGIN_DELAY_MAX_SECONDS; a successful login starts the count again.
+Other clients are not held up by it. From LOGIN_ACCOUNT_FAILURES_MAX failures on the
+account (a run from many addresses), each further failure locks the account for
+LOGIN_ACCOUNT_DELAY_SECONDS, never longer, for every client but the ones it has logged in from.
 """
 from __future__ import annotations
 
@@ -35,10 +39,6 @@ class From:
         return r.status, r.headers, json.loads(r.data) if r.data else None
 
 
-def sources(n: int) -> list[str]:
-    return [f"127.0.0.{i}" for i in range(2, 2 + n)]
-
-
 def make_user(api: Api) -> str:
     email = new_email()
     api.ok("POST", "/api/users", 201, json_body={"email": email, "name": "Throttled", "password": PASSWORD})
@@ -58,20 +58,36 @@ def assert_throttled(status, headers, body, retry_after: int | None = None):
 def throttled(rt, base_env):
     """A users service with a short schedule: 3 failures, then 1 s, 2 s, 2 s (the cap)..."""
     server = Live("users", base_env, LOGIN_FAILURES_BEFORE_DELAY="3", LOGIN_DELAY_SECONDS="1",
-                  LOGIN_DELAY_MAX_SECONDS="2", WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
+                  LOGIN_DELAY_MAX_SECONDS="2", LOGIN_ACCOUNT_FAILURES_MAX="6", LOGIN_ACCOUNT_DELAY_SECONDS="2",
+                  WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
     yield server
     server.stop()
 
 
 # -- the schedule ----------------------------------------------------------------
-def test_failures_from_many_addresses_lock_the_account_for_every_address(throttled):
+def test_one_clients_failures_hold_up_that_client_and_not_the_owner_elsewhere(throttled):
     email = make_user(Api(throttled.url))
-    clients = [From(throttled.url, source) for source in sources(4)]
-    for client in clients[:3]:  # one failure from each of three addresses
-        assert client.login(email, "wrong password")[0] == 401
-    # A fourth address, even with the right password, waits.
-    assert_throttled(*clients[3].login(email, PASSWORD), retry_after=1)
-    assert_throttled(*clients[0].login(email, PASSWORD))
+    guesser, owner = From(throttled.url, "127.0.0.20"), From(throttled.url, "127.0.0.21")
+    for _ in range(3):
+        assert guesser.login(email, "wrong password")[0] == 401
+    assert_throttled(*guesser.login(email, PASSWORD), retry_after=1)  # even with the right password
+    assert owner.login(email, PASSWORD)[0] == 200
+
+
+def test_a_run_from_many_addresses_slows_the_account_for_a_while_but_never_its_known_clients(throttled):
+    email = make_user(Api(throttled.url))
+    owner = From(throttled.url, "127.0.0.30")
+    assert owner.login(email, PASSWORD)[0] == 200  # the account knows this client now
+    sprayers = [From(throttled.url, f"127.0.1.{i}") for i in range(1, 8)]
+    for sprayer in sprayers[:6]:  # one guess each: no client over its own threshold
+        assert sprayer.login(email, "wrong password")[0] == 401
+    # The account's ceiling: a new client waits, however right its password, for the delay at most.
+    status, headers, body = sprayers[6].login(email, PASSWORD)
+    assert_throttled(status, headers, body)
+    assert int(headers["Retry-After"]) <= 2
+    assert owner.login(email, PASSWORD)[0] == 200  # the owner's known client goes on
+    time.sleep(2.1)
+    assert sprayers[6].login(email, PASSWORD)[0] == 200  # locked for the delay, no longer
 
 
 def test_the_delay_doubles_with_each_further_failure_up_to_its_cap(throttled):
@@ -126,26 +142,34 @@ def test_the_throttle_keys_the_account_not_the_spelling_of_its_email(throttled):
 
 
 # -- concurrency -------------------------------------------------------------------
-def test_concurrent_guesses_get_no_more_password_checks_than_the_threshold(live_users):
-    """Default schedule (5 failures, then 2 s): a burst cannot slip past the count."""
+def test_concurrent_guesses_get_no_more_password_checks_than_the_thresholds(live_users):
+    """Default schedule (5 failures per client, then 2 s; 20 per account): a burst from one
+    client or from many cannot slip past the counts."""
     email = make_user(Api(live_users.url))
-    clients = [From(live_users.url, source) for source in sources(15)]
+    one = From(live_users.url, "127.0.0.40")
+    with ThreadPoolExecutor(15) as pool:
+        statuses = sorted(s for s, _, _ in pool.map(lambda _: one.login(email, "wrong password"), range(15)))
+    assert statuses.count(401) == 5 and statuses.count(429) == 10, statuses
+    email = make_user(Api(live_users.url))
+    clients = [From(live_users.url, f"127.0.2.{i}") for i in range(1, 31)]
     with ThreadPoolExecutor(15) as pool:
         statuses = sorted(s for s, _, _ in pool.map(lambda c: c.login(email, "wrong password"), clients))
-    assert statuses.count(401) == 5 and statuses.count(429) == 10, statuses
+    assert statuses.count(401) == 20 and statuses.count(429) == 10, statuses
 
 
 # -- through the gateway --------------------------------------------------------------
-def test_through_the_gateway_the_service_throttles_what_the_gateway_lets_through(live_gateway):
-    """The gateway limits per email and address; five addresses stay under it, the account does not."""
+def test_through_the_gateway_the_service_throttles_each_client_it_sees_past_the_gateway(live_gateway):
+    """The gateway limits per email and address (10 a minute) and passes the client's address on;
+    the users service, trusting the gateway's hop, holds up the guessing client only."""
     email = make_user(Api(live_gateway.url))
-    clients = [From(live_gateway.url, source) for source in sources(6)]
-    for client in clients[:5]:
-        assert client.login(email, "wrong password")[0] == 401
-    status, headers, body = clients[5].login(email, PASSWORD)
+    guesser, owner = From(live_gateway.url, "127.0.0.50"), From(live_gateway.url, "127.0.0.51")
+    for _ in range(5):
+        assert guesser.login(email, "wrong password")[0] == 401
+    status, headers, body = guesser.login(email, PASSWORD)
     assert_throttled(status, headers, body)
     # flask-limiter at the gateway raises Retry-After to its own window's reset, never lowers it.
     assert int(headers["Retry-After"]) >= 2
+    assert owner.login(email, PASSWORD)[0] == 200
 
 
 # -- Redis unreachable --------------------------------------------------------------------
