@@ -13,6 +13,7 @@ _CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _name, _value in runpy.run_path(_CONF).items():
     if not _name.startswith("_") and not callable(_value) and not hasattr(_value, "__file__"):
         globals()[_name] = _value
+bind = [public_bind]  # noqa: F821 (from the configuration): one listener, not the gateway's console one
 proc_name = "oms-bench-hello"
 app = Flask(__name__)
 

@@ -349,6 +349,20 @@ def markdown(results: dict) -> str:
                      get(x, "connections", "peak_total"), per_unit(x, "xact_commit_per_unit"),
                      per_unit(x, "statements", "toplevel_per_unit")] for c, x in reads])
 
+    pages = sorted(((int(n.split("@")[1]), x) for n, x in phases.items() if n.startswith("storefront@")),
+                   key=lambda item: item[0])
+    if pages:
+        hello = get(results, "baselines", "hello", "ok_rps")
+        L += ["## Storefront: catalog, search, product and sign-in pages through the gateway and the web "
+              "console (wrk)", ""]
+        L += table(["visitors", "pages/s", "x hello-world", "p50 ms", "p99 ms", "statuses", "5xx", "socket errors",
+                    "CPU ms/page"],
+                   [[c, x["ok_rps"], f(round(x["ok_rps"] / hello, 3) if hello else None, 3), x["latency_ms"]["p50"],
+                     x["latency_ms"]["p99"],
+                     ", ".join(f"{code}: {n}" for code, n in sorted(x["statuses"].items())),
+                     sum(n for code, n in x["statuses"].items() if int(code) >= 500),
+                     sum(x["socket_errors"].values()), get(x, "cpu_per_unit", "system_ms")] for c, x in pages])
+
     places = [(c, phases[f"placement@{c}"]) for c in clients if f"placement@{c}" in phases]
     if places:
         L += ["## Placement: `POST /api/orders` through the gateway, Celery worker and beat stopped, admission "

@@ -56,7 +56,9 @@ from bench.procs import ROOT, Supervisor, ignore_signals, install_signal_handler
 from bench.stack import Stack, free_port, wait_http
 from config.settings import load_settings
 
-SCENARIOS = ["baselines", "read", "pipeline", "paced", "overload", "mixed", "placement"]
+SCENARIOS = ["baselines", "read", "storefront", "pipeline", "paced", "overload", "mixed", "placement"]
+# Concurrent visitors of the storefront scenario (whatever --clients says: the issue's crowd sizes).
+STOREFRONT_VISITORS = (8, 32, 64)
 RESULTS = ROOT / "bench" / "results"
 ADMIN_PASSWORD = "bench admin password"
 WARMUP_S = 5  # unmeasured load before the read and hello-world measurements
@@ -352,6 +354,21 @@ class Bench:
             log(f"  read @{c}: {r['rps']} req/s, p50 {r['latency_ms']['p50']} ms, p99 {r['latency_ms']['p99']} ms, "
                 f"errors {r['errors']}")
 
+    def run_storefront(self) -> None:
+        """Visitors browsing the storefront through the gateway (catalog, a search, product pages,
+        the sign-in page), each page a gateway thread waiting on the web console while the
+        console's own API calls come back through the gateway's console listener."""
+        self.warm_up(self.api.base, "pages", self.products_file)
+        for c in STOREFRONT_VISITORS:
+            r = self.measure(f"storefront@{c}", lambda c=c: load.wrk(
+                self.sup, name=f"wrk-storefront-{c}", url=self.api.base, connections=c,
+                duration=self.cfg["duration"], env=self.env, mode="pages", products_file=self.products_file),
+                unit="page", units=lambda r: r["requests"])
+            fivexx = sum(n for code, n in r["statuses"].items() if code >= 500)
+            log(f"  storefront @{c}: {r['rps']} pages/s, p50 {r['latency_ms']['p50']} ms, p99 "
+                f"{r['latency_ms']['p99']} ms, statuses {r['statuses']}, 5xx {fivexx}, socket errors "
+                f"{r['socket_errors']}")
+
     def place(self, tag: str, c: int, tokens_file: Path) -> dict:
         return load.wrk(self.sup, name=f"wrk-{tag}-{c}", url=self.api.base, connections=c,
                         duration=self.cfg["duration"], env=self.env, mode="place", products_file=self.products_file,
@@ -455,6 +472,11 @@ class Bench:
         d = orders_db.drain(self.db, self.run_start, timeout=self.cfg["drain_timeout"])
         checks = orders_db.correctness(self.db, self.run_start)
         checks["mail_received"] = {"count": len(received(self.stack.mail_count_file))}
+        storefront = {name: p for name, p in self.results.get("phases", {}).items() if name.startswith("storefront@")}
+        if storefront:  # a crowd at the front door gets no 5xx
+            fivexx = {name: sum(n for code, n in p["statuses"].items() if int(code) >= 500)
+                      for name, p in storefront.items()}
+            checks["storefront_no_5xx"] = {"pass": not any(fivexx.values()), "5xx": fivexx}
         checks["final_drain"] = d
         self.results["checks"] = checks
         failed = [k for k, v in checks.items() if v.get("pass") is False]
@@ -534,6 +556,8 @@ def connection_budget(bench: Bench) -> dict:
     """Pool-owning processes (gunicorn workers, Celery pool children) x their DB_POOL_MAX, and the idle count."""
     owners, budget, detail = 0, 0, []
     for name in [*bench.stack.http_entries, "worker"]:
+        if name == "web":
+            continue  # the web console holds no pool
         try:
             children = psutil.Process(bench.sup.procs[name].pid).children()
         except (KeyError, psutil.Error):

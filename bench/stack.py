@@ -19,7 +19,7 @@ from devtools import embedded, launcher
 from devtools.launcher import free_port, procfile
 
 VENV_BIN = Path(sys.executable).parent
-HTTP_NAMES = ("gateway", "users", "orders", "inventory", "notifications")
+HTTP_NAMES = ("gateway", "users", "orders", "inventory", "notifications", "web")
 
 # Settings the bench sets for the system unless the environment already does.
 # Rate limits: the gateway's per-IP default (600/minute) would turn a wrk run from
@@ -29,11 +29,12 @@ HTTP_NAMES = ("gateway", "users", "orders", "inventory", "notifications")
 BENCH_DEFAULTS = {
     "RATE_LIMIT_DEFAULT": "1000000/minute",
     "RATE_LIMIT_LOGIN": "1000000/minute",
+    "RATE_LIMIT_PAGES": "1000000/minute",
     "APP_ENV": "production",
 }
 # Secrets production requires: random per run unless the environment gives them; never
 # written anywhere (the report lists what the bench set, with this placeholder).
-SECRETS = ("JWT_SECRET_KEY",)
+SECRETS = ("JWT_SECRET_KEY", "WEB_SECRET_KEY")
 RANDOM_SECRET = "(random per run)"
 
 

@@ -1,6 +1,13 @@
 """Load test: a realistic mix of shoppers against the gateway (locust).
 
-    locust -f tests/locustfile.py --headless -H http://127.0.0.1:8000 -u 20 -r 5 -t 60s
+    locust -f tests/locustfile.py --headless -H http://127.0.0.1:8000 -u 20 -r 5 -t 60s Shopper
+    locust -f tests/locustfile.py --headless -H http://127.0.0.1:8000 -u 64 -r 8 -t 60s Visitor
+
+``Shopper`` uses the API; ``Visitor`` uses the storefront as a browser would (pages, forms
+with their CSRF token, cookies): catalog, a search, a product page, sign-up, add to cart,
+checkout, the order's page and its live status. Every answer but a 2xx or a redirect
+counts as a failure, 429 and 503 included (RATE_LIMIT_PAGES and RATE_LIMIT_DEFAULT are per
+client address: raise them to load from one machine).
 
 Each simulated shopper registers (or, every few sessions, logs in again), then
 browses the catalog, views products, places orders (with an Idempotency-Key, as a
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import uuid
 
 from locust import HttpUser, between, task
@@ -141,3 +149,80 @@ class Shopper(HttpUser):
     @task(1)
     def log_in_again(self) -> None:
         self._login()
+
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+PRODUCT_LINK = re.compile(r'href="/products/([0-9a-f-]{36})"')
+ORDER_KEY = re.compile(r'name="key" value="([^"]+)"')
+
+
+class Visitor(HttpUser):
+    """A storefront visitor: browses anonymously, signs up, buys, watches the order."""
+
+    wait_time = between(WAIT_MIN, WAIT_MAX)
+
+    def on_start(self) -> None:
+        self.products: list[str] = []
+        self.signed_up = False
+        self.order_page: str | None = None
+
+    def _page(self, path: str, *, name: str | None = None, fragment: bool = False):
+        with self.client.get(path, name=name or path, catch_response=True) as r:
+            if r.status_code != 200 or (not fragment and "</html>" not in r.text):
+                r.failure(f"{path} answered {r.status_code}")
+            return r
+
+    def _post(self, path: str, data: dict, *, name: str | None = None):
+        with self.client.post(path, data=data, name=name or path, allow_redirects=True, catch_response=True) as r:
+            if r.status_code >= 400:
+                r.failure(f"POST {path} answered {r.status_code}")
+            return r
+
+    @staticmethod
+    def _csrf(page) -> str:
+        found = CSRF.search(page.text or "")
+        return found.group(1) if found else ""
+
+    @task(6)
+    def catalog(self) -> None:
+        page = self._page("/")
+        self.products = PRODUCT_LINK.findall(page.text or "") or self.products
+
+    @task(2)
+    def search(self) -> None:
+        self._page(f"/?q={random.choice('abcdefgh')}", name="/?q=")
+
+    @task(5)
+    def product(self) -> None:
+        if self.products:
+            self._page(f"/products/{random.choice(self.products)}", name="/products/{id}")
+
+    @task(2)
+    def buy(self) -> None:
+        if not self.products:
+            return
+        if not self.signed_up:
+            form = self._page("/register")
+            email = f"visitor-{uuid.uuid4().hex[:12]}@example.com"
+            answer = self._post("/register", {"csrf_token": self._csrf(form), "name": "Visitor", "email": email,
+                                              "password": PASSWORD})
+            self.signed_up = answer.status_code < 400
+            if not self.signed_up:
+                return
+        product = random.choice(self.products)
+        page = self._page(f"/products/{product}", name="/products/{id}")
+        self._post("/cart/add", {"csrf_token": self._csrf(page), "product_id": product, "quantity": "1",
+                                 "next": "/cart"})
+        checkout = self._page("/checkout")
+        key = ORDER_KEY.search(checkout.text or "")
+        if key is None:
+            return
+        placed = self._post("/checkout", {"csrf_token": self._csrf(checkout), "key": key.group(1)})
+        if "/orders/" in placed.url:
+            self.order_page = placed.url.split("://", 1)[-1].split("/", 1)[-1]
+
+    @task(3)
+    def watch_order(self) -> None:
+        if self.order_page:
+            self._page("/" + self.order_page, name="/orders/{id}")
+            self._page("/" + self.order_page + "/status", name="/orders/{id}/status", fragment=True)

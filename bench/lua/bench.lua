@@ -1,6 +1,8 @@
 -- wrk script of the bench: `wrk ... -s bench/lua/bench.lua URL -- MODE PRODUCTS TOKENS RUN_ID KEYS MAX_QTY`
 --   MODE     plain : GET the URL as given (the hello-world baseline)
 --            read  : GET /api/inventory/products/{id}, rotating over the product ids
+--            pages : the storefront's pages through the gateway, rotating: the catalog, a search,
+--                    a product's page, the sign-in page
 --            place : POST /api/orders, one line (random product, quantity 1..MAX_QTY),
 --                    rotating over the access tokens; KEYS=1 adds a unique Idempotency-Key
 --   PRODUCTS file with one product id per line; TOKENS file with one access token per line
@@ -46,6 +48,13 @@ function request()
   if mode == "read" then
     local id = products[((counter + offset) % #products) + 1]
     return wrk.format("GET", "/api/inventory/products/" .. id)
+  end
+  if mode == "pages" then
+    local turn = (counter + offset) % 4
+    if turn == 0 then return wrk.format("GET", "/") end
+    if turn == 1 then return wrk.format("GET", "/?q=bench") end
+    if turn == 2 then return wrk.format("GET", "/login") end
+    return wrk.format("GET", "/products/" .. products[((counter + offset) % #products) + 1])
   end
   local token = tokens[((counter + offset) % #tokens) + 1]
   local product = products[math.random(#products)]
