@@ -338,14 +338,12 @@ class WebStack:
         self.gateway.stop()
 
 
-@pytest.fixture(scope="session")
-def live_web(stack_env, live_orders, live_notifications):
+def start_web_stack(stack_env: dict, orders: Live, notifications: Live, **gateway_env: str) -> WebStack:
     """A gateway that serves the web console at / (and the API of the session's services),
-    and the web process, which calls the API through that gateway."""
+    and the web process, which calls the API on that gateway's console listener."""
     web_port = free_port()
-    gateway = Live("gateway", env={**stack_env, "ORDERS_URL": live_orders.url,
-                                   "NOTIFICATIONS_URL": live_notifications.url,
-                                   "WEB_URL": f"http://127.0.0.1:{web_port}"},
+    gateway = Live("gateway", env={**stack_env, "ORDERS_URL": orders.url, "NOTIFICATIONS_URL": notifications.url,
+                                   "WEB_URL": f"http://127.0.0.1:{web_port}", **gateway_env},
                    WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
     try:
         web = Live("web", port=web_port, env={**stack_env, "GATEWAY_URL": gateway.console_url,
@@ -354,7 +352,12 @@ def live_web(stack_env, live_orders, live_notifications):
     except BaseException:
         gateway.stop()
         raise
-    stack = WebStack(gateway, web)
+    return WebStack(gateway, web)
+
+
+@pytest.fixture(scope="session")
+def live_web(stack_env, live_orders, live_notifications):
+    stack = start_web_stack(stack_env, live_orders, live_notifications)
     yield stack
     stack.stop()
 

@@ -5,7 +5,6 @@ console stays closed."""
 from __future__ import annotations
 
 import re
-import secrets
 import threading
 import uuid
 from collections import Counter
@@ -13,7 +12,7 @@ from collections import Counter
 import pytest
 import urllib3
 
-from tests.conftest import Live, WebStack, free_port
+from tests.conftest import start_web_stack
 from tests.support import Api, create_product, new_email
 
 GATEWAY_THREADS = 8  # live_web's gateway: one gunicorn worker of 8 threads
@@ -62,20 +61,8 @@ def test_four_times_the_gateways_threads_of_concurrent_visitors_get_every_page_w
 @pytest.fixture(scope="module")
 def limited_web(stack_env, live_orders, live_notifications):
     """A gateway with small limits in front of a web console of its own."""
-    web_port = free_port()
-    gateway = Live("gateway", env={**stack_env, "ORDERS_URL": live_orders.url,
-                                   "NOTIFICATIONS_URL": live_notifications.url,
-                                   "WEB_URL": f"http://127.0.0.1:{web_port}",
-                                   "RATE_LIMIT_PAGES": "15/minute", "RATE_LIMIT_DEFAULT": "40/minute"},
-                   WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
-    try:
-        web = Live("web", port=web_port, env={**stack_env, "GATEWAY_URL": gateway.console_url,
-                                              "WEB_SECRET_KEY": secrets.token_urlsafe(48)},
-                   WEB_CONCURRENCY="1", GUNICORN_THREADS="8")
-    except BaseException:
-        gateway.stop()
-        raise
-    stack = WebStack(gateway, web)
+    stack = start_web_stack(stack_env, live_orders, live_notifications, RATE_LIMIT_PAGES="15/minute",
+                            RATE_LIMIT_DEFAULT="40/minute")
     yield stack
     stack.stop()
 
