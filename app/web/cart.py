@@ -23,7 +23,7 @@ PLACED_SECONDS = 24 * 3600
 MAX_LINES = 50  # what one order may hold
 MAX_QUANTITY = 1000
 
-_client: tuple[int, redis_lib.Redis] | None = None
+_client: tuple[int, redis_lib.Redis, object] | None = None  # pid, client, _CHANGE_LINE registered
 _lock = threading.Lock()
 
 
@@ -33,8 +33,9 @@ def redis() -> redis_lib.Redis:
     with _lock:
         if _client is None or _client[0] != os.getpid():
             url = current_app.extensions["settings"].redis_url
-            _client = (os.getpid(), redis_lib.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=1.0,
-                                                             health_check_interval=30, decode_responses=True))
+            client = redis_lib.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=1.0,
+                                              health_check_interval=30, decode_responses=True)
+            _client = (os.getpid(), client, client.register_script(_CHANGE_LINE))
         return _client[1]
 
 
@@ -81,8 +82,9 @@ return 1
 
 
 def _change(user_id: str, product_id: str, quantity: int, mode: str) -> None:
-    changed = redis().eval(_CHANGE_LINE, 1, _key(user_id), f"item:{product_id}", quantity, mode, MAX_LINES,
-                           MAX_QUANTITY, CART_SECONDS)
+    redis()  # this process's client, and the script registered on it (EVALSHA, not the script each time)
+    changed = _client[2](keys=[_key(user_id)], args=[f"item:{product_id}", quantity, mode, MAX_LINES, MAX_QUANTITY,
+                                                     CART_SECONDS])
     if not changed:
         raise CartFull()
 

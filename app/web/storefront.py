@@ -43,8 +43,8 @@ def _session_alive():
     as the API itself would judge those tokens. After a logout, a logout-all on any device or
     a password change, the cookie is forgotten here before anything reads the cart."""
     user = session.get("user")
-    if user is None:
-        return None
+    if user is None or (request.endpoint or "").endswith(".static"):
+        return None  # static files read nothing of the user's: no Redis round trip for them
     family, generation = user.get("fam"), user.get("gen")
     try:
         ended = family is None or generation is None or _sessions().is_revoked(
